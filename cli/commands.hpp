@@ -1,0 +1,52 @@
+#pragma once
+// The tileattn command-line tool: one function per subcommand, registered on a CLI11 app by main.cpp.
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tileattn/geometry.hpp"
+
+namespace tileattn::cli {
+
+// The default workload everywhere: HunyuanVideo 720p.
+struct Workload {
+  std::string name = "hunyuan-720p";
+  Extent3 video{30, 48, 80};
+  Extent3 tile{6, 8, 8};
+  int64_t heads = 24;
+  int64_t head_dim = 128;
+  int64_t text_len = 256;
+  Window window{3, 3, 3};
+};
+
+// Registers a subcommand and returns the action to run when it was chosen.
+using Action = std::function<int()>;
+Action add_plan_command(CLI::App& app);
+Action add_bench_command(CLI::App& app);
+int run_main_job();
+
+// Options of `tileattn bench` (defaults: the hunyuan-720p workload without text).
+struct BenchOptions {
+  std::string shape = "30x48x80";
+  std::string tile = "6x8x8";
+  std::string windows = "3x3x3,5x3x5,5x5x5,dense";
+  std::string dtype = "bf16";
+  std::string layout = "natural";
+  int64_t batch = 1;
+  int64_t heads = 24;
+  int64_t kv_heads = 0;  // 0: same as heads
+  int64_t head_dim = 128;
+  int64_t text = 0;
+  int64_t warmup = 3;
+  int64_t reps = 10;
+  std::string json_path;
+};
+int run_bench(const BenchOptions& options);
+
+// Shared helpers.
+std::vector<std::string> split_list(const std::string& text);  // "a,b,c" -> {"a", "b", "c"}
+std::vector<Window> parse_window_list(const std::string& text, const std::string& argument);
+std::string window_label(const Window& w, const Extent3& grid);  // "3x3x3", or "dense" for the full grid
+
+}  // namespace tileattn::cli

@@ -1,0 +1,30 @@
+// tileattn: sparse attention for video diffusion transformers. With no arguments, runs the main job on the
+// hunyuan-720p workload (see cmd_main_job.cpp); subcommands: plan, bench.
+#include <fmt/format.h>
+
+#include "commands.hpp"
+#include "tileattn/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"tileattn: Sliding Tile Attention and fine-grained sparse attention for video DiTs (Hopper)"};
+  app.set_version_flag("--version", "tileattn 0.1.0");
+  app.require_subcommand(0, 1);
+  auto plan = tileattn::cli::add_plan_command(app);
+  auto bench = tileattn::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (app.got_subcommand("plan")) return plan();
+    if (app.got_subcommand("bench")) return bench();
+    return tileattn::cli::run_main_job();
+  } catch (const tileattn::Error& e) {
+    fmt::print(stderr, "tileattn: error: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "tileattn: internal error: {}\n", e.what());
+    return 3;
+  }
+}

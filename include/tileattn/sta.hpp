@@ -1,0 +1,57 @@
+#pragma once
+// Sliding Tile Attention forward on the GPU (Hopper, sm_90a).
+//
+// q/k/v/out are [batch, heads, tokens, head_dim] device tensors (SDPA's layout) with arbitrary element strides and
+// head_dim contiguous; tokens = T*H*W video tokens (natural row-major (t, h, w) order, or tile-major) followed by
+// text_len text tokens. Each query head has its own window (counted in tiles); video queries see the key tiles of
+// their window and every valid text token; text queries see every video token and every valid text token.
+//
+// The call validates everything it can on the host (no host synchronization, no device allocation), then launches
+// on `stream`; it can be captured in a CUDA graph. Throws ArgumentError / CudaError.
+#include <cstdint>
+#include <span>
+
+#include "tileattn/geometry.hpp"
+
+struct CUstream_st;
+
+namespace tileattn {
+
+using StreamHandle = CUstream_st*;  // a cudaStream_t
+
+enum class DType : int32_t { bf16 = 0, fp16 = 1 };
+enum class TokenLayout : int32_t { natural = 0, tile_major = 1 };
+
+struct DeviceTensor {
+  void* data = nullptr;
+  int64_t batch_stride = 0;  // in elements
+  int64_t head_stride = 0;
+  int64_t token_stride = 0;
+};
+
+struct StaForwardArgs {
+  DType dtype = DType::bf16;
+  int64_t batch = 1;
+  int64_t q_heads = 1;
+  int64_t kv_heads = 1;  // q_heads must be a multiple (GQA)
+  int64_t head_dim = 128;  // 64 or 128
+  Extent3 video;           // T, H, W in tokens
+  Extent3 tile = kDefaultTile;
+  int64_t text_len = 0;
+  TokenLayout layout = TokenLayout::natural;  // tile_major needs a video shape that is a multiple of the tile
+  DeviceTensor q, k, v, out;
+  float* lse = nullptr;                  // optional [batch, q_heads, tokens] fp32, contiguous, same token order
+  const int32_t* text_valid = nullptr;   // optional device array [batch]: valid text tokens (clamped to [0, text_len])
+  std::span<const Window> windows;       // empty: dense; one window: all heads; else one per query head
+  float scale = 0.0f;                    // 0: 1 / sqrt(head_dim)
+};
+
+void sta_forward(const StaForwardArgs& args, StreamHandle stream);
+
+// True if this build has the kernels and the current device can run them (compute capability 9.0).
+bool gpu_kernels_available();
+
+// Checks the tile shape against what the GPU kernel supports; throws ArgumentError naming "tile" if it cannot.
+void validate_gpu_tile(const Extent3& tile);
+
+}  // namespace tileattn

@@ -1,0 +1,81 @@
+"""ctypes binding of the tileattn C ABI (include/tileattn/tileattn.h). No PyTorch C++ ABI involved, so one build of
+libtileattn.so serves every PyTorch 2.x version."""
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+
+ABI_VERSION = 1
+STATUS_OK, STATUS_ARGUMENT, STATUS_CUDA, STATUS_INTERNAL = 0, -1, -2, -3
+DTYPE_BF16, DTYPE_FP16 = 0, 1
+LAYOUT_NATURAL, LAYOUT_TILE_MAJOR = 0, 1
+
+
+class Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("batch_stride", ctypes.c_int64), ("head_stride", ctypes.c_int64),
+                ("token_stride", ctypes.c_int64)]
+
+
+class StaForwardArgs(ctypes.Structure):
+    _fields_ = [
+        ("abi_version", ctypes.c_int32), ("dtype", ctypes.c_int32), ("layout", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("batch", ctypes.c_int64), ("q_heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("video", ctypes.c_int64 * 3), ("tile", ctypes.c_int64 * 3), ("text_len", ctypes.c_int64),
+        ("q", Tensor), ("k", Tensor), ("v", Tensor), ("out", Tensor),
+        ("lse", ctypes.c_void_p), ("text_valid", ctypes.c_void_p),
+        ("windows", ctypes.POINTER(ctypes.c_int64)), ("num_windows", ctypes.c_int64),
+        ("scale", ctypes.c_float),
+    ]
+
+
+class TileattnError(RuntimeError):
+    """A call into libtileattn failed; the message names the argument or the CUDA problem."""
+
+
+class LibraryNotFound(TileattnError):
+    pass
+
+
+def _candidates():
+    env = os.environ.get("TILEATTN_LIBRARY")
+    if env:
+        yield pathlib.Path(env)
+    here = pathlib.Path(__file__).resolve().parent
+    yield here / "_lib" / "libtileattn.so"          # installed by `pip install` (see setup.py)
+    for build in ("build", "build-host"):           # a source checkout: python/tileattn -> repo root
+        yield here.parent.parent / build / "libtileattn.so"
+
+
+_lib = None
+
+
+def library():
+    """The loaded libtileattn (searched in $TILEATTN_LIBRARY, the package, then the repo's build/)."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    tried = []
+    for path in _candidates():
+        tried.append(str(path))
+        if path.is_file():
+            lib = ctypes.CDLL(str(path))
+            lib.tileattn_sta_forward.argtypes = [ctypes.POINTER(StaForwardArgs), ctypes.c_void_p]
+            lib.tileattn_sta_forward.restype = ctypes.c_int
+            lib.tileattn_last_error.restype = ctypes.c_char_p
+            lib.tileattn_gpu_kernels_available.restype = ctypes.c_int
+            lib.tileattn_abi_version.restype = ctypes.c_int
+            lib.tileattn_version.restype = ctypes.c_char_p
+            if lib.tileattn_abi_version() != ABI_VERSION:
+                raise TileattnError(f"{path} speaks ABI {lib.tileattn_abi_version()}, this package {ABI_VERSION}")
+            _lib = lib
+            return lib
+    raise LibraryNotFound("libtileattn.so not found; build it (cmake --workflow --preset default) or set "
+                          "TILEATTN_LIBRARY. Looked in: " + ", ".join(tried))
+
+
+def check(status: int) -> None:
+    if status != STATUS_OK:
+        raise TileattnError(library().tileattn_last_error().decode())

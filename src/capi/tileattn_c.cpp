@@ -1,0 +1,94 @@
+// The C ABI: a thin shell over the C++ API that turns exceptions into status codes.
+#include "tileattn/tileattn.h"
+
+#include <fmt/format.h>
+
+#include <string>
+#include <vector>
+
+#include "tileattn/error.hpp"
+#include "tileattn/sta.hpp"
+
+namespace {
+
+thread_local std::string g_last_error;
+
+template <class F>
+int guarded(F&& f) {
+  try {
+    f();
+    g_last_error.clear();
+    return TILEATTN_OK;
+  } catch (const tileattn::ArgumentError& e) {
+    g_last_error = e.what();
+    return TILEATTN_ERROR_ARGUMENT;
+  } catch (const tileattn::CudaError& e) {
+    g_last_error = e.what();
+    return TILEATTN_ERROR_CUDA;
+  } catch (const std::exception& e) {
+    g_last_error = e.what();
+    return TILEATTN_ERROR_INTERNAL;
+  } catch (...) {
+    g_last_error = "unknown error";
+    return TILEATTN_ERROR_INTERNAL;
+  }
+}
+
+tileattn::DeviceTensor tensor(const tileattn_tensor& t) { return {t.data, t.batch_stride, t.head_stride, t.token_stride}; }
+
+}  // namespace
+
+extern "C" {
+
+int tileattn_sta_forward(const tileattn_sta_forward_args* a, void* stream) {
+  return guarded([&] {
+    using namespace tileattn;
+    if (a == nullptr) throw_argument_error("args", "is NULL");
+    if (a->abi_version != TILEATTN_ABI_VERSION)
+      throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
+                                                      a->abi_version));
+    if (a->dtype != TILEATTN_BF16 && a->dtype != TILEATTN_FP16)
+      throw_argument_error("dtype", fmt::format("must be TILEATTN_BF16 (0) or TILEATTN_FP16 (1), got {}", a->dtype));
+    if (a->layout != TILEATTN_NATURAL && a->layout != TILEATTN_TILE_MAJOR)
+      throw_argument_error("layout", fmt::format("must be TILEATTN_NATURAL (0) or TILEATTN_TILE_MAJOR (1), got {}",
+                                                 a->layout));
+    if (a->num_windows < 0 || (a->num_windows > 0 && a->windows == nullptr))
+      throw_argument_error("windows", fmt::format("num_windows = {} needs a non-NULL array", a->num_windows));
+    std::vector<Window> windows(static_cast<size_t>(a->num_windows));
+    for (int64_t i = 0; i < a->num_windows; ++i)
+      windows[i] = {a->windows[3 * i], a->windows[3 * i + 1], a->windows[3 * i + 2]};
+    StaForwardArgs args;
+    args.dtype = static_cast<DType>(a->dtype);
+    args.batch = a->batch;
+    args.q_heads = a->q_heads;
+    args.kv_heads = a->kv_heads;
+    args.head_dim = a->head_dim;
+    args.video = {a->video[0], a->video[1], a->video[2]};
+    args.tile = {a->tile[0], a->tile[1], a->tile[2]};
+    args.text_len = a->text_len;
+    args.layout = static_cast<TokenLayout>(a->layout);
+    args.q = tensor(a->q);
+    args.k = tensor(a->k);
+    args.v = tensor(a->v);
+    args.out = tensor(a->out);
+    args.lse = a->lse;
+    args.text_valid = a->text_valid;
+    args.windows = windows;
+    args.scale = a->scale;
+    sta_forward(args, static_cast<StreamHandle>(stream));
+  });
+}
+
+int tileattn_gpu_kernels_available(void) {
+  try {
+    return tileattn::gpu_kernels_available() ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+const char* tileattn_last_error(void) { return g_last_error.c_str(); }
+const char* tileattn_version(void) { return "0.1.0"; }
+int tileattn_abi_version(void) { return TILEATTN_ABI_VERSION; }
+
+}  // extern "C"

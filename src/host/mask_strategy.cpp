@@ -1,0 +1,169 @@
+#include "tileattn/mask_strategy.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "tileattn/error.hpp"
+
+namespace tileattn {
+namespace {
+
+using nlohmann::json;
+constexpr const char* kFormatName = "tileattn.mask_strategy";
+
+[[noreturn]] void fail(const std::string& source, const std::string& key, const std::string& what) {
+  if (key.empty()) throw FileError(fmt::format("mask strategy '{}': {}", source, what));
+  throw FileError(fmt::format("mask strategy '{}', key '{}': {}", source, key, what));
+}
+
+StrategyKey parse_key(const std::string& source, const std::string& key) {
+  int64_t parts[3];
+  std::string_view rest = key;
+  for (int i = 0; i < 3; ++i) {
+    size_t end = i < 2 ? rest.find('_') : rest.size();
+    if (end == std::string_view::npos) fail(source, key, "expected '<step>_<layer>_<head>' (three integers >= 0)");
+    std::string_view part = rest.substr(0, end);
+    auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), parts[i]);
+    if (part.empty() || ec != std::errc() || ptr != part.data() + part.size() || parts[i] < 0)
+      fail(source, key, "expected '<step>_<layer>_<head>' (three integers >= 0)");
+    rest = i < 2 ? rest.substr(end + 1) : std::string_view{};
+  }
+  return {parts[0], parts[1], parts[2]};
+}
+
+Extent3 parse_triple(const std::string& source, const std::string& key, const json& value, const char* what) {
+  if (!value.is_array() || value.size() != 3)
+    fail(source, key, fmt::format("{} must be an array of three positive integers, got {}", what, value.dump()));
+  int64_t v[3];
+  for (int i = 0; i < 3; ++i) {
+    if (!value[i].is_number_integer() || value[i].get<int64_t>() < 1)
+      fail(source, key, fmt::format("{} must be an array of three positive integers, got {}", what, value.dump()));
+    v[i] = value[i].get<int64_t>();
+  }
+  return {v[0], v[1], v[2]};
+}
+
+json triple(const Extent3& e) { return json::array({e.t, e.h, e.w}); }
+
+void parse_windows(const std::string& source, const json& object, MaskStrategy& out) {
+  for (const auto& [key, value] : object.items()) {
+    StrategyKey k = parse_key(source, key);
+    if (out.windows.contains(k)) fail(source, key, "duplicate entry");
+    out.windows.emplace(k, parse_triple(source, key, value, "window"));
+  }
+}
+
+}  // namespace
+
+std::string to_string(const StrategyKey& key) { return fmt::format("{}_{}_{}", key.step, key.layer, key.head); }
+
+std::optional<Window> MaskStrategy::window_for(int64_t step, int64_t layer, int64_t head) const {
+  if (step < dense_steps) return std::nullopt;
+  if (auto it = windows.find({step, layer, head}); it != windows.end()) return it->second;
+  return default_window;
+}
+
+void MaskStrategy::validate() const {
+  if (dense_steps < 0) throw_argument_error("dense_steps", fmt::format("must be >= 0, got {}", dense_steps));
+  if (!geometry) return;
+  const Extent3 grid = geometry->grid();
+  for (const auto& [key, window] : windows) validate_window(window, grid, fmt::format("windows[{}]", to_string(key)));
+  if (default_window) validate_window(*default_window, grid, "default");
+}
+
+MaskStrategy parse_mask_strategy(const std::string& text, const std::string& source) {
+  json doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail(source, "", fmt::format("not valid JSON ({})", e.what()));
+  }
+  if (!doc.is_object()) fail(source, "", "the top level must be a JSON object");
+  MaskStrategy out;
+  if (!doc.contains("format")) {  // FastVideo: a flat {"step_layer_head": [wt, wh, ww]} object
+    parse_windows(source, doc, out);
+    return out;
+  }
+  if (doc["format"] != kFormatName)
+    fail(source, "format", fmt::format("expected \"{}\", got {}", kFormatName, doc["format"].dump()));
+  if (!doc.contains("version") || doc["version"] != 1)
+    fail(source, "version", fmt::format("expected 1, got {}", doc.value("version", json()).dump()));
+  static const std::set<std::string> kKnown = {"format", "version", "video_shape", "tile", "text_len",
+                                               "default", "dense_steps", "windows"};
+  for (const auto& [key, value] : doc.items())
+    if (!kKnown.contains(key)) fail(source, key, "unknown key");
+  const bool has_shape = doc.contains("video_shape"), has_tile = doc.contains("tile");
+  if (has_shape != has_tile) fail(source, has_shape ? "tile" : "video_shape", "video_shape and tile go together");
+  if (has_shape) {
+    int64_t text_len = 0;
+    if (doc.contains("text_len")) {
+      if (!doc["text_len"].is_number_integer() || doc["text_len"].get<int64_t>() < 0)
+        fail(source, "text_len", fmt::format("must be an integer >= 0, got {}", doc["text_len"].dump()));
+      text_len = doc["text_len"].get<int64_t>();
+    }
+    try {
+      out.geometry.emplace(parse_triple(source, "video_shape", doc["video_shape"], "video_shape"),
+                           parse_triple(source, "tile", doc["tile"], "tile"), text_len);
+    } catch (const ArgumentError& e) {
+      fail(source, "video_shape", e.what());
+    }
+  }
+  if (doc.contains("default") && !doc["default"].is_null())
+    out.default_window = parse_triple(source, "default", doc["default"], "default");
+  if (doc.contains("dense_steps")) {
+    if (!doc["dense_steps"].is_number_integer() || doc["dense_steps"].get<int64_t>() < 0)
+      fail(source, "dense_steps", fmt::format("must be an integer >= 0, got {}", doc["dense_steps"].dump()));
+    out.dense_steps = doc["dense_steps"].get<int64_t>();
+  }
+  if (doc.contains("windows")) {
+    if (!doc["windows"].is_object()) fail(source, "windows", "must be an object of \"step_layer_head\": [wt, wh, ww]");
+    parse_windows(source, doc["windows"], out);
+  }
+  try {
+    out.validate();
+  } catch (const ArgumentError& e) {
+    fail(source, e.argument(), e.what());
+  }
+  return out;
+}
+
+MaskStrategy read_mask_strategy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "", "cannot open the file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_mask_strategy(text.str(), path);
+}
+
+std::string dump_mask_strategy(const MaskStrategy& s, MaskStrategyFormat format) {
+  json windows = json::object();
+  for (const auto& [key, window] : s.windows) windows[to_string(key)] = triple(window);
+  if (format == MaskStrategyFormat::fastvideo) return windows.dump(1);
+  json doc = {{"format", kFormatName}, {"version", 1}};
+  if (s.geometry) {
+    doc["video_shape"] = triple(s.geometry->video());
+    doc["tile"] = triple(s.geometry->tile());
+    doc["text_len"] = s.geometry->text_len();
+  }
+  doc["default"] = s.default_window ? triple(*s.default_window) : json();
+  doc["dense_steps"] = s.dense_steps;
+  doc["windows"] = windows;
+  return doc.dump(1);
+}
+
+void write_mask_strategy(const MaskStrategy& s, const std::string& path, MaskStrategyFormat format) {
+  if (format == MaskStrategyFormat::fastvideo && (s.default_window || s.geometry || s.dense_steps != 0))
+    throw_argument_error("format", "FastVideo's format has no place for default, geometry or dense_steps; use "
+                                   "the tileattn format");
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw FileError(fmt::format("mask strategy '{}': cannot open the file for writing", path));
+  out << dump_mask_strategy(s, format) << '\n';
+  if (!out) throw FileError(fmt::format("mask strategy '{}': write failed", path));
+}
+
+}  // namespace tileattn

@@ -1,0 +1,91 @@
+// Shape constraints of the GPU kernels, checked on the host (also in builds without CUDA, so the CLI and the
+// Python package can report them anywhere).
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "kernels/sta_validation.hpp"
+#include "tileattn/error.hpp"
+#include "tileattn/sta.hpp"
+
+namespace tileattn {
+
+namespace {
+
+void validate_tensor(const char* name, const DeviceTensor& t, int64_t batch, int64_t heads, int64_t head_dim) {
+  if (t.data == nullptr) throw_argument_error(name, "data pointer is null");
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
+    throw_argument_error(name, "data pointer must be 16-byte aligned (TMA)");
+  const std::pair<const char*, int64_t> strides[] = {
+      {"token_stride", t.token_stride}, {"head_stride", t.head_stride}, {"batch_stride", t.batch_stride}};
+  for (auto [what, s] : strides) {
+    if (s < 0 || s % 8 != 0)
+      throw_argument_error(name, fmt::format("{} must be a non-negative multiple of 8 elements (16 bytes, TMA), got {}",
+                                             what, s));
+  }
+  if (t.token_stride < head_dim)
+    throw_argument_error(name, fmt::format("token_stride {} is smaller than head_dim {} (head_dim must be contiguous "
+                                           "and rows must not overlap)", t.token_stride, head_dim));
+  if (heads > 1 && t.head_stride == 0) throw_argument_error(name, "head_stride is 0 with more than one head");
+  if (batch > 1 && t.batch_stride == 0) throw_argument_error(name, "batch_stride is 0 with more than one batch element");
+}
+
+}  // namespace
+
+void validate_gpu_tile(const Extent3& tile) {
+  const int64_t plane = tile.h * tile.w;
+  if (plane != 16 && plane != 32 && plane != 64)
+    throw_argument_error("tile", fmt::format("the GPU kernel needs tile_h * tile_w in {{16, 32, 64}} (a 128-row block is "
+                                             "128 / (tile_h * tile_w) whole frames of a tile), got {}", to_string(tile)));
+  const int64_t frames = 128 / plane;
+  if (tile.t % frames != 0)
+    throw_argument_error("tile", fmt::format("the GPU kernel needs tile_t to be a multiple of {} (frames per 128-row "
+                                             "block for a {}x{} tile plane), got {}", frames, tile.h, tile.w,
+                                             to_string(tile)));
+  if (tile.h > 256 || tile.w > 256) throw_argument_error("tile", "tile_h and tile_w must be <= 256 (TMA box)");
+}
+
+void validate_sta_forward_args(const StaForwardArgs& a) {
+  // ---- shapes ----
+  if (a.dtype != DType::bf16 && a.dtype != DType::fp16) throw_argument_error("dtype", "must be bf16 or fp16");
+  if (a.head_dim != 64 && a.head_dim != 128)
+    throw_argument_error("head_dim", fmt::format("must be 64 or 128, got {}", a.head_dim));
+  if (a.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", a.batch));
+  if (a.q_heads < 1 || a.q_heads > kMaxQueryHeads)
+    throw_argument_error("q_heads", fmt::format("must be in [1, {}], got {}", kMaxQueryHeads, a.q_heads));
+  if (a.kv_heads < 1 || a.q_heads % a.kv_heads != 0)
+    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", a.q_heads, a.kv_heads));
+  const VideoGeometry geo(a.video, a.tile, a.text_len);
+  validate_gpu_tile(a.tile);
+  if (a.layout == TokenLayout::tile_major && !geo.tiles_exact())
+    throw_argument_error("layout", fmt::format("tile-major input needs a video shape that is a multiple of the tile "
+                                               "({} vs {}); use the natural layout for partial tiles",
+                                               to_string(a.video), to_string(a.tile)));
+  const Extent3 grid = geo.grid();
+  if (grid.t > 32767 || grid.h > 32767 || grid.w > 32767)
+    throw_argument_error("video_shape", "more than 32767 tiles along one axis");
+  if (a.batch * a.q_heads * geo.num_tokens() >= (int64_t{1} << 40))
+    throw_argument_error("batch", "batch * heads * tokens is too large");
+
+  // ---- windows ----
+  const int64_t nw = static_cast<int64_t>(a.windows.size());
+  if (nw != 0 && nw != 1 && nw != a.q_heads)
+    throw_argument_error("windows", fmt::format("expected 0 (dense), 1 (all heads) or q_heads = {} windows, got {}",
+                                                a.q_heads, nw));
+  for (int64_t h = 0; h < a.q_heads; ++h) {
+    Window w = nw == 0 ? grid : a.windows[nw == 1 ? 0 : h];
+    validate_window(w, grid, nw == 1 ? std::string("windows[0]") : fmt::format("windows[{}]", h));
+  }
+
+  // ---- tensors ----
+  validate_tensor("q", a.q, a.batch, a.q_heads, a.head_dim);
+  validate_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim);
+  validate_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim);
+  validate_tensor("out", a.out, a.batch, a.q_heads, a.head_dim);
+  if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0)
+    throw_argument_error("lse", "must be 4-byte aligned");
+  if (!std::isfinite(a.scale) || a.scale < 0.0f)
+    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+}
+
+}  // namespace tileattn

@@ -1,0 +1,262 @@
+#pragma once
+// Mainloop of the STA forward kernel (FA3 structure).
+//  Producer (one thread of warpgroup 0): walks the plan and issues TMA loads of K and V blocks into a ring of
+//  `kStages` shared-memory stages, each guarded by full/empty mbarriers.
+//  Consumers (warpgroups 1..2, 64 query rows each): S = Q K^T by wgmma from shared memory, online softmax in
+//  registers, O += P V by wgmma with P from registers. Intra-warpgroup overlap: the QK^T of block j is issued
+//  together with the PV of block j-1, so the softmax of block j runs while the tensor cores finish PV(j-1). An
+//  optional scheduler barrier makes the two consumer warpgroups take turns issuing, so one's softmax overlaps the
+//  other's GEMMs. Only blocks the walker flags as `masked` (edge tiles, partial text) evaluate a mask.
+#include <cute/arch/mma_sm90_gmma.hpp>
+#include <utility>
+
+#include "kernels/sm90/hopper_primitives.cuh"
+#include "kernels/sm90/softmax.cuh"
+#include "kernels/sm90/sta_scheduler.cuh"
+
+namespace tileattn::sm90 {
+
+namespace gmma = cute::SM90::GMMA;
+
+// The wgmma instructions for one element type: S = Q K^T (64 x 128, both operands K-major in shared memory) and
+// O += P V (64 x HeadDim, P in registers, V MN-major in shared memory).
+template <class Element, int HeadDim>
+struct MmaOps;
+template <>
+struct MmaOps<__nv_bfloat16, 128> {
+  using QK = gmma::MMA_64x128x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
+  using PV = gmma::MMA_64x128x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;
+};
+template <>
+struct MmaOps<__nv_bfloat16, 64> {
+  using QK = gmma::MMA_64x128x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
+  using PV = gmma::MMA_64x64x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;
+};
+template <>
+struct MmaOps<__half, 128> {
+  using QK = gmma::MMA_64x128x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;
+  using PV = gmma::MMA_64x128x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;
+};
+template <>
+struct MmaOps<__half, 64> {
+  using QK = gmma::MMA_64x128x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;
+  using PV = gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;
+};
+
+template <class Op, int N, size_t... I>
+__device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
+                                       std::index_sequence<I...>) {
+  Op::fma(a, b, d[I]..., scale);
+}
+template <class Op, int N, size_t... I>
+__device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
+}
+
+template <class Cfg>
+struct Mainloop {
+  using Element = typename Cfg::Element;
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kAtoms = kHeadDim / 64;              // 128-byte swizzle atoms along the head dim
+  static constexpr int kAtomBytes = kernels::kBlockRows * 128;  // one atom of a 128-row tile
+  static constexpr int kTileBytes = kAtoms * kAtomBytes;     // a 128 x HeadDim tile
+  using Ops = MmaOps<Element, kHeadDim>;
+
+  // S (64 x 128) = Q rows of this warpgroup x K block^T.
+  static __device__ __forceinline__ void gemm_qk(uint32_t q_rows, uint32_t k_tile, float (&s)[64]) {
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const uint32_t offset = (kk / 4) * kAtomBytes + (kk % 4) * 32;
+      mma_ss<typename Ops::QK>(smem_desc_k_major(q_rows + offset), smem_desc_k_major(k_tile + offset), s,
+                               kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One, std::make_index_sequence<64>{});
+    }
+  }
+  // O (64 x HeadDim) += P (64 x 128, registers) x V block (128 x HeadDim).
+  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[32], uint32_t v_tile, float (&o)[kHeadDim / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      mma_rs<typename Ops::PV>(&p[4 * kk], smem_desc_mn_major(v_tile + kk * 16 * 128, kAtomBytes), o,
+                               std::make_index_sequence<kHeadDim / 2>{});
+  }
+
+  // Probabilities (fp32 accumulator layout) -> A-operand registers of the PV wgmma (same layout, packed pairs).
+  static __device__ __forceinline__ void pack_probabilities(const float (&s)[64], uint32_t (&p)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      if constexpr (std::is_same_v<Element, __half>) {
+        __half2 h = __floats2half2_rn(s[2 * i], s[2 * i + 1]);
+        p[i] = *reinterpret_cast<uint32_t*>(&h);
+      } else {
+        __nv_bfloat162 h = __floats2bfloat162_rn(s[2 * i], s[2 * i + 1]);
+        p[i] = *reinterpret_cast<uint32_t*>(&h);
+      }
+    }
+  }
+
+  // Sets the scores of key rows outside the video / the valid text to -inf.
+  static __device__ __forceinline__ void mask_keys(const StaKernelParams& p, const KeyBlock& k, float (&s)[64]) {
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int e = 0; e < 64; ++e) {
+      const int col = 8 * (e / 4) + 2 * (lane % 4) + (e % 2);
+      bool valid;
+      if (k.text) {
+        valid = col < k.text_count;
+      } else {
+        const int w = col % p.tile_w, h = (col / p.tile_w) % p.tile_h, t = col / (p.tile_w * p.tile_h);
+        valid = k.x1 + w < p.extent1 && k.x2 + h < p.extent2 && k.x3 + t < p.extent3;
+      }
+      if (!valid) s[e] = -INFINITY;
+    }
+  }
+
+  // ---- producer: one thread ----
+  template <class Storage>
+  static __device__ void produce(const StaKernelParams& p, Storage& sm, const QueryBlock& q) {
+    const int q_bh = q.batch * p.q_heads + q.head;
+    const int kv_bh = q.batch * (p.q_heads / p.kv_group) + q.head / p.kv_group;
+    mbarrier_arrive_expect_tx(&sm.q_full, kTileBytes);
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a) {
+      void* dst = sm.q + a * kAtomBytes / sizeof(Element);
+      if (q.text)
+        tma_load_3d(dst, &p.q_text, &sm.q_full, a * 64, q.text_row, q_bh);
+      else
+        tma_load_5d(dst, &p.q_video, &sm.q_full, a * 64, q.x1, q.x2, q.x3, q_bh);
+    }
+    KeyBlockWalker walk(p, q);
+    const int n = walk.count();
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int i = 0; i < n; ++i) {
+      const KeyBlock k = walk.current();
+      // K then V of block i, each into its own stage buffer once the consumers have released it.
+      mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
+      load_block(p, k, kv_bh, &p.k_video, &p.k_text, sm.k[stage], &sm.k_full[stage]);
+      mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
+      load_block(p, k, kv_bh, &p.v_video, &p.v_text, sm.v[stage], &sm.v_full[stage]);
+      walk.advance();
+      if (++stage == kStages) stage = 0, phase ^= 1;
+    }
+  }
+
+  static __device__ __forceinline__ void load_block(const StaKernelParams& p, const KeyBlock& k, int bh,
+                                                    const CUtensorMap* video_map, const CUtensorMap* text_map,
+                                                    Element* dst, uint64_t* full) {
+    mbarrier_arrive_expect_tx(full, kTileBytes);
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a) {
+      Element* atom = dst + a * kAtomBytes / sizeof(Element);
+      if (k.text)
+        tma_load_3d(atom, text_map, full, a * 64, k.text_row, bh);
+      else
+        tma_load_5d(atom, video_map, full, a * 64, k.x1, k.x2, k.x3, bh);
+    }
+  }
+
+  // ---- consumers ----
+  struct Result {
+    float o[kHeadDim / 2];
+    float inverse_sum[2];
+    float lse[2];
+  };
+
+  template <class Storage>
+  static __device__ void consume(const StaKernelParams& p, Storage& sm, const QueryBlock& q, int warpgroup,
+                                 Result& out) {
+    const int lane_warp = (threadIdx.x / 32) % 4;
+    const bool lane0 = threadIdx.x % 32 == 0;
+    const uint32_t q_rows = smem_addr(sm.q) + warpgroup * 64 * 128;
+    auto k_tile = [&](int stage) { return smem_addr(sm.k[stage]); };
+    auto v_tile = [&](int stage) { return smem_addr(sm.v[stage]); };
+    auto release = [&](uint64_t* bar) {
+      if (lane0) mbarrier_arrive(bar);
+    };
+    (void)lane_warp;
+    // Scheduler barrier: the two consumer warpgroups take turns issuing their GEMMs.
+    const int my_turn = Cfg::kBarrierSchedulerBase + warpgroup, other_turn = Cfg::kBarrierSchedulerBase + 1 - warpgroup;
+    auto wait_turn = [&] {
+      if constexpr (Cfg::kSchedulerBarrier) named_barrier_sync(my_turn, 256);
+    };
+    auto pass_turn = [&](bool last) {
+      if constexpr (Cfg::kSchedulerBarrier)
+        if (!(last && warpgroup == 1)) named_barrier_arrive(other_turn, 256);
+    };
+    if constexpr (Cfg::kSchedulerBarrier)
+      if (warpgroup == 1) named_barrier_arrive(other_turn, 256);
+
+    float s[64];
+    uint32_t probs[32];
+#pragma unroll
+    for (int i = 0; i < kHeadDim / 2; ++i) out.o[i] = 0.0f;
+    OnlineSoftmax<64> softmax(p.scale_log2);
+    float correction[2];
+
+    KeyBlockWalker walk(p, q);
+    const int n = walk.count();
+    KeyBlock k = walk.current();
+    int stage = 0;
+    uint32_t phase = 0;
+
+    mbarrier_wait(&sm.q_full, 0);
+    mbarrier_wait(&sm.k_full[0], 0);
+    wait_turn();
+    wgmma_fence();
+    gemm_qk(q_rows, k_tile(0), s);
+    wgmma_commit();
+    pass_turn(false);
+    wgmma_wait<0>();
+    fence_registers(s);
+    release(&sm.k_empty[0]);
+    if (k.masked) mask_keys(p, k, s);
+    softmax.template update<true>(s, correction);
+    pack_probabilities(s, probs);
+
+    for (int i = 1; i < n; ++i) {
+      walk.advance();
+      k = walk.current();
+      const int prev_stage = stage;
+      const uint32_t prev_phase = phase;
+      if (++stage == kStages) stage = 0, phase ^= 1;
+      mbarrier_wait(&sm.k_full[stage], phase);
+      wait_turn();
+      fence_registers(out.o);
+      fence_registers(probs);
+      wgmma_fence();
+      gemm_qk(q_rows, k_tile(stage), s);
+      wgmma_commit();
+      mbarrier_wait(&sm.v_full[prev_stage], prev_phase);
+      wgmma_fence();
+      gemm_pv(probs, v_tile(prev_stage), out.o);
+      wgmma_commit();
+      pass_turn(false);
+      wgmma_wait<1>();  // S of block i is ready; PV of block i-1 may still run
+      fence_registers(s);
+      release(&sm.k_empty[stage]);
+      if (k.masked) mask_keys(p, k, s);
+      softmax.template update<false>(s, correction);
+      wgmma_wait<0>();
+      fence_registers(out.o);
+      fence_registers(probs);
+      release(&sm.v_empty[prev_stage]);
+      scale_rows(out.o, correction);
+      pack_probabilities(s, probs);
+    }
+    mbarrier_wait(&sm.v_full[stage], phase);
+    wait_turn();
+    fence_registers(out.o);
+    fence_registers(probs);
+    wgmma_fence();
+    gemm_pv(probs, v_tile(stage), out.o);
+    wgmma_commit();
+    pass_turn(true);
+    wgmma_wait<0>();
+    fence_registers(out.o);
+    fence_registers(probs);
+    release(&sm.v_empty[stage]);
+    softmax.finish(out.inverse_sum, out.lse);
+  }
+};
+
+}  // namespace tileattn::sm90

@@ -1,0 +1,78 @@
+#pragma once
+// Online softmax over the wgmma accumulator layout. A consumer thread holds two rows of the warpgroup's 64-row S
+// tile (row0 = 16 * warp + lane / 4, row1 = row0 + 8); element e of its 64 scores sits in row (e / 2) % 2 and column
+// 8 * (e / 4) + 2 * (lane % 4) + e % 2. A row is spread over the 4 threads of a quad. Scores are kept unscaled; the
+// softmax scale is folded into one exp2 FMA. Row sums stay per thread until the end (one quad reduction).
+#include <cstdint>
+
+namespace tileattn::sm90 {
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+template <int kScores>
+struct OnlineSoftmax {
+  float row_max[2];  // unscaled running max of each row
+  float row_sum[2];  // this thread's part of each row's running sum of exp2
+  float scale_log2;
+
+  __device__ __forceinline__ explicit OnlineSoftmax(float scale) : scale_log2(scale) {}
+
+  // Turns scores into unnormalised probabilities in place. First block: no history. Later blocks: returns in
+  // `correction` the factor by which the output accumulated so far must be multiplied.
+  template <bool kFirst>
+  __device__ __forceinline__ void update(float (&s)[kScores], float (&correction)[2]) {
+    float block_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int e = 0; e < kScores; ++e) block_max[(e >> 1) & 1] = fmaxf(block_max[(e >> 1) & 1], s[e]);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float new_max = kFirst ? quad_max(block_max[r]) : fmaxf(row_max[r], quad_max(block_max[r]));
+      // A row whose keys are all masked so far keeps max = -inf; use 0 so that exp2 gives 0 rather than NaN.
+      const float max_scaled = new_max == -INFINITY ? 0.0f : new_max * scale_log2;
+      correction[r] = kFirst ? 1.0f : fast_exp2(row_max[r] * scale_log2 - max_scaled);
+      row_max[r] = new_max;
+      block_max[r] = max_scaled;  // reuse as the subtrahend
+    }
+    float block_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int e = 0; e < kScores; ++e) {
+      const int r = (e >> 1) & 1;
+      s[e] = fast_exp2(fmaf(s[e], scale_log2, -block_max[r]));
+      block_sum[r] += s[e];
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) row_sum[r] = kFirst ? block_sum[r] : row_sum[r] * correction[r] + block_sum[r];
+  }
+
+  // After the last block: full row sums and natural-log LSE of the scaled scores.
+  __device__ __forceinline__ void finish(float (&inverse_sum)[2], float (&lse)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float sum = quad_sum(row_sum[r]);
+      inverse_sum[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
+      lse[r] = sum > 0.0f ? (row_max[r] * scale_log2 + __log2f(sum)) * 0.69314718055994530942f : -INFINITY;
+    }
+  }
+};
+
+// Multiplies each row of a 64 x N accumulator (N / 2 floats per thread) by its factor.
+template <int kRegs>
+__device__ __forceinline__ void scale_rows(float (&acc)[kRegs], const float (&factor)[2]) {
+#pragma unroll
+  for (int e = 0; e < kRegs; ++e) acc[e] *= factor[(e >> 1) & 1];
+}
+
+}  // namespace tileattn::sm90

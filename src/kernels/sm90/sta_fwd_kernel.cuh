@@ -1,0 +1,83 @@
+#pragma once
+// The STA forward kernel for Hopper: warp-specialised (1 producer + 2 consumer warpgroups), TMA + mbarrier
+// pipeline, wgmma, exp2 online softmax. See mainloop.cuh for the pipeline and sta_scheduler.cuh for the plan walk.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/sm90/epilogue.cuh"
+#include "kernels/sm90/mainloop.cuh"
+#include "tileattn/error.hpp"
+
+namespace tileattn::sm90 {
+
+template <class Element_, int HeadDim, int Stages, bool SchedulerBarrier>
+struct StaForwardConfig {
+  using Element = Element_;
+  static constexpr int kHeadDim = HeadDim;
+  static constexpr int kStages = Stages;
+  static constexpr bool kSchedulerBarrier = SchedulerBarrier;
+  static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+  static constexpr int kProducerRegisters = 40;
+  static constexpr int kConsumerRegisters = 232;
+  static constexpr int kBarrierEpilogueBase = 1;   // named barriers 1, 2
+  static constexpr int kBarrierSchedulerBase = 3;  // named barriers 3, 4
+};
+
+template <class Cfg>
+struct SharedStorage {
+  static constexpr int kTileElems = kernels::kBlockRows * Cfg::kHeadDim;
+  alignas(1024) typename Cfg::Element q[kTileElems];  // Q tile; reused for O in the epilogue
+  alignas(1024) typename Cfg::Element k[Cfg::kStages][kTileElems];
+  alignas(1024) typename Cfg::Element v[Cfg::kStages][kTileElems];
+  uint64_t q_full;
+  uint64_t k_full[Cfg::kStages], k_empty[Cfg::kStages];
+  uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
+};
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) sta_forward_kernel(const __grid_constant__ StaKernelParams p) {
+  using Loop = Mainloop<Cfg>;
+  extern __shared__ uint8_t smem_raw[];
+  auto& sm = *reinterpret_cast<SharedStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  const QueryBlock q = query_block_of(p, blockIdx.x);
+  if (q.empty) return;  // uniform across the CTA, before any barrier
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(&sm.q_full, 1);
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      mbarrier_init(&sm.k_full[s], 1);
+      mbarrier_init(&sm.v_full[s], 1);
+      mbarrier_init(&sm.k_empty[s], 8);  // one arrival per consumer warp
+      mbarrier_init(&sm.v_empty[s], 8);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    registers_decrease<Cfg::kProducerRegisters>();
+    if (threadIdx.x == 0) Loop::produce(p, sm, q);
+  } else {
+    registers_increase<Cfg::kConsumerRegisters>();
+    typename Loop::Result r;
+    Loop::consume(p, sm, q, warpgroup - 1, r);
+    Epilogue<Cfg, Loop>::store(p, sm, q, warpgroup - 1, r);
+  }
+}
+
+template <class Cfg>
+void launch(const StaKernelParams& params, int64_t num_ctas, cudaStream_t stream) {
+  constexpr int kSmem = sizeof(SharedStorage<Cfg>) + 1024;  // + alignment slack
+  auto kernel = sta_forward_kernel<Cfg>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) throw CudaError(std::string("sta_forward: cudaFuncSetAttribute: ") + cudaGetErrorString(err));
+  if (num_ctas <= 0) return;
+  kernel<<<dim3(static_cast<unsigned>(num_ctas)), dim3(Cfg::kThreads), kSmem, stream>>>(params);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) throw CudaError(std::string("sta_forward: launch failed: ") + cudaGetErrorString(err));
+}
+
+}  // namespace tileattn::sm90

@@ -1,0 +1,122 @@
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "tileattn/error.hpp"
+#include "tileattn/geometry.hpp"
+
+using namespace tileattn;
+
+TEST(Extent3, ParsesAndPrints) {
+  EXPECT_EQ(parse_extent3("30x48x80", "x"), (Extent3{30, 48, 80}));
+  EXPECT_EQ(to_string(Extent3{6, 8, 8}), "6x8x8");
+  for (const char* bad : {"", "3x3", "3x3x3x3", "0x1x1", "-1x2x2", "axbxc", "3x3x", "x3x3", "3,3,3", "3x3x3 "}) {
+    try {
+      parse_extent3(bad, "--window");
+      FAIL() << "accepted '" << bad << "'";
+    } catch (const ArgumentError& e) {
+      EXPECT_EQ(e.argument(), "--window");
+      EXPECT_NE(std::string(e.what()).find("--window"), std::string::npos);
+    }
+  }
+}
+
+TEST(VideoGeometry, HunyuanGrid) {
+  VideoGeometry g({30, 48, 80}, {6, 8, 8}, 256);
+  EXPECT_EQ(g.grid(), (Extent3{5, 6, 10}));
+  EXPECT_EQ(g.num_tiles(), 300);
+  EXPECT_EQ(g.num_video_tokens(), 115200);
+  EXPECT_EQ(g.num_tokens(), 115456);
+  EXPECT_TRUE(g.tiles_exact());
+}
+
+TEST(VideoGeometry, PartialTilesHaveValidExtents) {
+  VideoGeometry g({7, 9, 17}, {6, 8, 8});
+  EXPECT_EQ(g.grid(), (Extent3{2, 2, 3}));
+  EXPECT_FALSE(g.tiles_exact());
+  EXPECT_EQ(g.tile_extent({1, 1, 2}), (Extent3{1, 1, 1}));
+  EXPECT_EQ(g.tile_extent({0, 0, 0}), (Extent3{6, 8, 8}));
+  int64_t total = 0;
+  for (int64_t i = 0; i < g.num_tiles(); ++i) total += g.tile_token_count(i);
+  EXPECT_EQ(total, g.num_video_tokens());
+}
+
+TEST(VideoGeometry, RejectsBadArguments) {
+  EXPECT_THROW(VideoGeometry({0, 1, 1}), ArgumentError);
+  EXPECT_THROW(VideoGeometry({1, 1, 1}, {1, 0, 1}), ArgumentError);
+  EXPECT_THROW(VideoGeometry({1, 1, 1}, {1, 1, 1}, -1), ArgumentError);
+}
+
+// The tile-major order against its definition: tiles row-major over the grid, tokens row-major inside each tile,
+// text last; and tile/untile are inverse permutations.
+TEST(VideoGeometry, TileMajorOrderMatchesDefinitionOnRandomShapes) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 60; ++trial) {
+    auto r = [&](int lo, int hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+    const VideoGeometry g({r(1, 9), r(1, 11), r(1, 13)}, {r(1, 4), r(1, 5), r(1, 5)}, r(0, 5));
+    std::vector<int64_t> expected;
+    const Extent3 grid = g.grid(), tile = g.tile(), video = g.video();
+    for (int64_t tt = 0; tt < grid.t; ++tt)
+      for (int64_t th = 0; th < grid.h; ++th)
+        for (int64_t tw = 0; tw < grid.w; ++tw)
+          for (int64_t t = tt * tile.t; t < std::min((tt + 1) * tile.t, video.t); ++t)
+            for (int64_t h = th * tile.h; h < std::min((th + 1) * tile.h, video.h); ++h)
+              for (int64_t w = tw * tile.w; w < std::min((tw + 1) * tile.w, video.w); ++w)
+                expected.push_back((t * video.h + h) * video.w + w);
+    for (int64_t i = 0; i < g.text_len(); ++i) expected.push_back(g.num_video_tokens() + i);
+    ASSERT_EQ(g.tile_major_order(), expected) << to_string(video) << " tile " << to_string(tile);
+
+    const int64_t outer = 2, row = 3, n = g.num_tokens();
+    std::vector<float> natural(outer * n * row), tiled(natural.size()), back(natural.size());
+    std::iota(natural.begin(), natural.end(), 0.0f);
+    tileattn::tile<float>(g, natural, tiled, outer, row);
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < row; ++c)
+          ASSERT_EQ(tiled[(o * n + i) * row + c], natural[(o * n + expected[i]) * row + c]);
+    untile<float>(g, tiled, back, outer, row);
+    ASSERT_EQ(back, natural);
+  }
+}
+
+TEST(VideoGeometry, TileRejectsWrongSizes) {
+  VideoGeometry g({2, 2, 2}, {1, 1, 1});
+  std::vector<float> a(8), b(7);
+  EXPECT_THROW(tileattn::tile<float>(g, a, b, 1, 1), ArgumentError);
+}
+
+// The window rule against its definition: the window is the w consecutive tiles whose centre is as close to the
+// query tile as possible while staying inside the grid, i.e. [c - w/2, c + w/2] shifted into [0, n).
+TEST(Window, StartMatchesBruteForce) {
+  for (int64_t n = 1; n <= 12; ++n)
+    for (int64_t w = 1; w <= n; ++w) {
+      if (w % 2 == 0 && w != n) continue;
+      for (int64_t c = 0; c < n; ++c) {
+        // brute force: among all starts s in [0, n - w], the one whose window's middle is nearest to c
+        int64_t best = -1, best_dist = 1 << 30;
+        for (int64_t s = 0; s + w <= n; ++s) {
+          int64_t dist = std::abs((s + w / 2) - c);
+          if (dist < best_dist) best = s, best_dist = dist;
+        }
+        EXPECT_EQ(detail::window_start(c, n, w), best) << "n=" << n << " w=" << w << " c=" << c;
+        EXPECT_GE(c, detail::window_start(c, n, w));
+        EXPECT_LT(c, detail::window_start(c, n, w) + w);
+      }
+    }
+}
+
+TEST(Window, ValidationNamesTheArgument) {
+  const Extent3 grid{5, 6, 10};
+  EXPECT_NO_THROW(validate_window({3, 3, 3}, grid, "w"));
+  EXPECT_NO_THROW(validate_window({5, 6, 10}, grid, "w"));  // full grid (even extents allowed)
+  for (Window bad : {Window{2, 3, 3}, Window{7, 3, 3}, Window{3, 0, 3}, Window{3, 3, 11}, Window{3, 4, 3}}) {
+    try {
+      validate_window(bad, grid, "windows[4]");
+      FAIL() << "accepted " << to_string(bad);
+    } catch (const ArgumentError& e) {
+      EXPECT_EQ(e.argument(), "windows[4]");
+    }
+  }
+}
