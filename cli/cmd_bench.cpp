@@ -122,7 +122,8 @@ int run_bench(const BenchOptions& o) {
     }
     std::sort(times.begin(), times.end());
     const float median = times[times.size() / 2];
-    const double flops = 4.0 * double(d) * double(s.visited_pairs) * double(o.batch);  // s counts all heads
+    // The plan above has one head: scale its visited pairs to all heads and batch elements.
+    const double flops = 4.0 * double(d) * double(s.visited_pairs) * double(o.heads) * double(o.batch);
     // Output sanity: no NaN/Inf anywhere (inputs are random, never zeros).
     std::vector<uint16_t> host(q_elems);
     check(cudaMemcpy(host.data(), out.ptr, q_elems * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");

@@ -13,13 +13,15 @@ for s in $steps; do
   echo "=== $s"
   case $s in
     tests)
-      .carry/bin/tileattn_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[|rel L2|FAIL|Failure|Expected|Which is|seed" | tail -80 ;;
+      timeout 300 .carry/bin/tileattn_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[|rel L2|FAIL|Failure|Expected|Which is|seed" | tail -80 ;;
     sanitize)
       for tool in memcheck racecheck synccheck; do
         timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 .carry/bin/tileattn_gpu_tests \
           --gtest_filter='*SmallFixedShapes*' > "$OUT/sanitize_$tool.log" 2>&1
         echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|hazard' "$OUT/sanitize_$tool.log" | tail -2 | tr '\n' ' ')"
       done ;;
+    variants)
+      timeout 300 .carry/bin/sta_variants 10 2>&1 | tee "$OUT/variants.log" ;;
     cli)
       timeout 400 .carry/bin/tileattn 2>&1 | tee "$OUT/main_job.log" ;;
     bench)

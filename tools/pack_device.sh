@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 cmake --build --preset default -j "$(nproc)"
 mkdir -p .carry/bin
 cp build/libtileattn.so build/tileattn build/tests/tileattn_gpu_tests build/tests/tileattn_cpu_tests .carry/bin/
+[ -f build/sta_variants ] && cp build/sta_variants .carry/bin/
 du -sh .carry/bin

@@ -23,7 +23,7 @@ struct Epilogue {
     for (int e = 0; e < kHeadDim / 2; e += 2) {
       const int row = row0 + 8 * ((e >> 1) & 1);
       const int col = 8 * (e / 4) + 2 * (lane % 4);
-      const int atom = col / 64, chunk = (col % 64) / 8;
+      const int atom = col / 64, chunk = (col % 64) / 8;  // Q-tile atom, 16-byte chunk
       const float f = r.inverse_sum[(e >> 1) & 1];
       uint32_t packed;
       if constexpr (std::is_same_v<Element, __half>) {
@@ -33,7 +33,7 @@ struct Epilogue {
         __nv_bfloat162 h = __floats2bfloat162_rn(r.o[e] * f, r.o[e + 1] * f);
         packed = *reinterpret_cast<uint32_t*>(&h);
       }
-      const int offset = atom * Mainloop::kAtomBytes + row * 128 + ((chunk ^ (row % 8)) * 16) + (col % 8) * 2;
+      const int offset = atom * Mainloop::kQueryAtomBytes + row * 128 + ((chunk ^ (row % 8)) * 16) + (col % 8) * 2;
       *reinterpret_cast<uint32_t*>(tile + offset) = packed;
     }
     fence_proxy_async_smem();
@@ -42,11 +42,11 @@ struct Epilogue {
       const int bh = q.batch * p.q_heads + q.head;
 #pragma unroll
       for (int a = 0; a < Mainloop::kAtoms; ++a) {
-        const void* src = tile + a * Mainloop::kAtomBytes + warpgroup * 64 * 128;
+        const void* src = tile + a * Mainloop::kQueryAtomBytes + warpgroup * 64 * 128;
         if (q.text)
           tma_store_3d(&p.o_text, src, a * 64, q.text_row + warpgroup * 64, bh);
         else
-          tma_store_5d(&p.o_video, src, a * 64, q.x1, q.x2, q.x3 + warpgroup * (p.frames_per_block / 2), bh);
+          tma_store_5d(&p.o_video, src, a * 64, q.x1, q.x2, q.x3 + warpgroup * (p.query_frames / 2), bh);
       }
       tma_store_commit();
     }

@@ -18,30 +18,33 @@ namespace tileattn::sm90 {
 
 namespace gmma = cute::SM90::GMMA;
 
-// The wgmma instructions for one element type: S = Q K^T (64 x 128, both operands K-major in shared memory) and
-// O += P V (64 x HeadDim, P in registers, V MN-major in shared memory).
-template <class Element, int HeadDim>
-struct MmaOps;
-template <>
-struct MmaOps<__nv_bfloat16, 128> {
-  using QK = gmma::MMA_64x128x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
-  using PV = gmma::MMA_64x128x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;
-};
-template <>
-struct MmaOps<__nv_bfloat16, 64> {
-  using QK = gmma::MMA_64x128x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
-  using PV = gmma::MMA_64x64x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;
-};
-template <>
-struct MmaOps<__half, 128> {
-  using QK = gmma::MMA_64x128x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;
-  using PV = gmma::MMA_64x128x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;
-};
-template <>
-struct MmaOps<__half, 64> {
-  using QK = gmma::MMA_64x128x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;
-  using PV = gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;
-};
+// The wgmma instructions: S = Q K^T (64 x BlockN, both operands K-major in shared memory) and O += P V
+// (64 x HeadDim, P in registers, V MN-major in shared memory).
+template <class Element, int N>
+struct MmaSS;
+template <class Element, int N>
+struct MmaRS;
+#define TILEATTN_GMMA(N)                                                           \
+  template <>                                                                                 \
+  struct MmaSS<__nv_bfloat16, N> {                                                            \
+    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;          \
+  };                                                                                          \
+  template <>                                                                                 \
+  struct MmaSS<__half, N> {                                                                   \
+    using Op = gmma::MMA_64x##N##x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;            \
+  };                                                                                          \
+  template <>                                                                                 \
+  struct MmaRS<__nv_bfloat16, N> {                                                            \
+    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;         \
+  };                                                                                          \
+  template <>                                                                                 \
+  struct MmaRS<__half, N> {                                                                   \
+    using Op = gmma::MMA_64x##N##x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;           \
+  };
+TILEATTN_GMMA(64)
+TILEATTN_GMMA(128)
+TILEATTN_GMMA(192)
+#undef TILEATTN_GMMA
 
 template <class Op, int N, size_t... I>
 __device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
@@ -57,33 +60,40 @@ template <class Cfg>
 struct Mainloop {
   using Element = typename Cfg::Element;
   static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockN = Cfg::kBlockN;   // key rows per block
   static constexpr int kStages = Cfg::kStages;
-  static constexpr int kAtoms = kHeadDim / 64;              // 128-byte swizzle atoms along the head dim
-  static constexpr int kAtomBytes = kernels::kBlockRows * 128;  // one atom of a 128-row tile
-  static constexpr int kTileBytes = kAtoms * kAtomBytes;     // a 128 x HeadDim tile
-  using Ops = MmaOps<Element, kHeadDim>;
+  static constexpr int kScores = kBlockN / 2;     // S elements per consumer thread
+  static constexpr int kAtoms = kHeadDim / 64;    // 128-byte swizzle atoms along the head dim
+  static constexpr int kQueryAtomBytes = kernels::kQueryBlockRows * 128;  // one atom of the 128-row Q tile
+  static constexpr int kKeyAtomBytes = kBlockN * 128;                      // one atom of a K or V tile
+  static constexpr int kQueryTileBytes = kAtoms * kQueryAtomBytes;
+  static constexpr int kKeyTileBytes = kAtoms * kKeyAtomBytes;
+  using QK = typename MmaSS<Element, kBlockN>::Op;
+  using PV = typename MmaRS<Element, kHeadDim>::Op;
 
-  // S (64 x 128) = Q rows of this warpgroup x K block^T.
-  static __device__ __forceinline__ void gemm_qk(uint32_t q_rows, uint32_t k_tile, float (&s)[64]) {
+  // S (64 x BlockN) = Q rows of this warpgroup x K block^T.
+  static __device__ __forceinline__ void gemm_qk(uint32_t q_rows, uint32_t k_tile, float (&s)[kScores]) {
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const uint32_t offset = (kk / 4) * kAtomBytes + (kk % 4) * 32;
-      mma_ss<typename Ops::QK>(smem_desc_k_major(q_rows + offset), smem_desc_k_major(k_tile + offset), s,
-                               kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One, std::make_index_sequence<64>{});
+      const uint32_t chunk = (kk % 4) * 32;  // 16 elements of K inside a 128-byte row
+      mma_ss<QK>(smem_desc_k_major(q_rows + (kk / 4) * kQueryAtomBytes + chunk),
+                 smem_desc_k_major(k_tile + (kk / 4) * kKeyAtomBytes + chunk), s,
+                 kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One, std::make_index_sequence<kScores>{});
     }
   }
-  // O (64 x HeadDim) += P (64 x 128, registers) x V block (128 x HeadDim).
-  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[32], uint32_t v_tile, float (&o)[kHeadDim / 2]) {
+  // O (64 x HeadDim) += P (64 x BlockN, registers) x V block (BlockN x HeadDim).
+  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kScores / 2], uint32_t v_tile,
+                                                 float (&o)[kHeadDim / 2]) {
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-      mma_rs<typename Ops::PV>(&p[4 * kk], smem_desc_mn_major(v_tile + kk * 16 * 128, kAtomBytes), o,
-                               std::make_index_sequence<kHeadDim / 2>{});
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      mma_rs<PV>(&p[4 * kk], smem_desc_mn_major(v_tile + kk * 16 * 128, kKeyAtomBytes), o,
+                 std::make_index_sequence<kHeadDim / 2>{});
   }
 
   // Probabilities (fp32 accumulator layout) -> A-operand registers of the PV wgmma (same layout, packed pairs).
-  static __device__ __forceinline__ void pack_probabilities(const float (&s)[64], uint32_t (&p)[32]) {
+  static __device__ __forceinline__ void pack_probabilities(const float (&s)[kScores], uint32_t (&p)[kScores / 2]) {
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < kScores / 2; ++i) {
       if constexpr (std::is_same_v<Element, __half>) {
         __half2 h = __floats2half2_rn(s[2 * i], s[2 * i + 1]);
         p[i] = *reinterpret_cast<uint32_t*>(&h);
@@ -95,10 +105,10 @@ struct Mainloop {
   }
 
   // Sets the scores of key rows outside the video / the valid text to -inf.
-  static __device__ __forceinline__ void mask_keys(const StaKernelParams& p, const KeyBlock& k, float (&s)[64]) {
+  static __device__ __forceinline__ void mask_keys(const StaKernelParams& p, const KeyBlock& k, float (&s)[kScores]) {
     const int lane = threadIdx.x % 32;
 #pragma unroll
-    for (int e = 0; e < 64; ++e) {
+    for (int e = 0; e < kScores; ++e) {
       const int col = 8 * (e / 4) + 2 * (lane % 4) + (e % 2);
       bool valid;
       if (k.text) {
@@ -116,16 +126,16 @@ struct Mainloop {
   static __device__ void produce(const StaKernelParams& p, Storage& sm, const QueryBlock& q) {
     const int q_bh = q.batch * p.q_heads + q.head;
     const int kv_bh = q.batch * (p.q_heads / p.kv_group) + q.head / p.kv_group;
-    mbarrier_arrive_expect_tx(&sm.q_full, kTileBytes);
+    mbarrier_arrive_expect_tx(&sm.q_full, kQueryTileBytes);
 #pragma unroll
     for (int a = 0; a < kAtoms; ++a) {
-      void* dst = sm.q + a * kAtomBytes / sizeof(Element);
+      void* dst = sm.q + a * kQueryAtomBytes / sizeof(Element);
       if (q.text)
         tma_load_3d(dst, &p.q_text, &sm.q_full, a * 64, q.text_row, q_bh);
       else
         tma_load_5d(dst, &p.q_video, &sm.q_full, a * 64, q.x1, q.x2, q.x3, q_bh);
     }
-    KeyBlockWalker walk(p, q);
+    KeyBlockWalker<kBlockN> walk(p, q);
     const int n = walk.count();
     int stage = 0;
     uint32_t phase = 0;
@@ -144,10 +154,10 @@ struct Mainloop {
   static __device__ __forceinline__ void load_block(const StaKernelParams& p, const KeyBlock& k, int bh,
                                                     const CUtensorMap* video_map, const CUtensorMap* text_map,
                                                     Element* dst, uint64_t* full) {
-    mbarrier_arrive_expect_tx(full, kTileBytes);
+    mbarrier_arrive_expect_tx(full, kKeyTileBytes);
 #pragma unroll
     for (int a = 0; a < kAtoms; ++a) {
-      Element* atom = dst + a * kAtomBytes / sizeof(Element);
+      Element* atom = dst + a * kKeyAtomBytes / sizeof(Element);
       if (k.text)
         tma_load_3d(atom, text_map, full, a * 64, k.text_row, bh);
       else
@@ -165,7 +175,6 @@ struct Mainloop {
   template <class Storage>
   static __device__ void consume(const StaKernelParams& p, Storage& sm, const QueryBlock& q, int warpgroup,
                                  Result& out) {
-    const int lane_warp = (threadIdx.x / 32) % 4;
     const bool lane0 = threadIdx.x % 32 == 0;
     const uint32_t q_rows = smem_addr(sm.q) + warpgroup * 64 * 128;
     auto k_tile = [&](int stage) { return smem_addr(sm.k[stage]); };
@@ -173,7 +182,6 @@ struct Mainloop {
     auto release = [&](uint64_t* bar) {
       if (lane0) mbarrier_arrive(bar);
     };
-    (void)lane_warp;
     // Scheduler barrier: the two consumer warpgroups take turns issuing their GEMMs.
     const int my_turn = Cfg::kBarrierSchedulerBase + warpgroup, other_turn = Cfg::kBarrierSchedulerBase + 1 - warpgroup;
     auto wait_turn = [&] {
@@ -186,14 +194,14 @@ struct Mainloop {
     if constexpr (Cfg::kSchedulerBarrier)
       if (warpgroup == 1) named_barrier_arrive(other_turn, 256);
 
-    float s[64];
-    uint32_t probs[32];
+    float s[kScores];
+    uint32_t probs[kScores / 2];
 #pragma unroll
     for (int i = 0; i < kHeadDim / 2; ++i) out.o[i] = 0.0f;
-    OnlineSoftmax<64> softmax(p.scale_log2);
+    OnlineSoftmax<kScores> softmax(p.scale_log2);
     float correction[2];
 
-    KeyBlockWalker walk(p, q);
+    KeyBlockWalker<kBlockN> walk(p, q);
     const int n = walk.count();
     KeyBlock k = walk.current();
     int stage = 0;

@@ -4,8 +4,10 @@
 namespace tileattn::kernels {
 
 template <>
-void launch_sta_forward_sm90<DType::fp16, 64>(const StaKernelParams& params, int64_t num_ctas, CUstream_st* stream) {
-  sm90::launch<sm90::StaForwardConfig<__half, 64, /*Stages=*/4, /*SchedulerBarrier=*/true>>(params, num_ctas, stream);
+void launch_sta_forward_sm90<DType::fp16, 64>(const StaKernelParams& params, int64_t num_ctas, int block_n,
+                                                CUstream_st* stream) {
+  if (block_n != 128) throw CudaError("sta_forward: head dim 64 has no kernel for key blocks of " + std::to_string(block_n));
+  sm90::launch<sm90::StaForwardConfig<__half, 64, /*BlockN=*/128, /*Stages=*/4, /*SchedulerBarrier=*/true>>(params, num_ctas, stream);
 }
 
 }  // namespace tileattn::kernels

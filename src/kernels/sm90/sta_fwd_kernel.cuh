@@ -11,25 +11,27 @@
 
 namespace tileattn::sm90 {
 
-template <class Element_, int HeadDim, int Stages, bool SchedulerBarrier>
+template <class Element_, int HeadDim, int BlockN, int Stages, bool SchedulerBarrier>
 struct StaForwardConfig {
   using Element = Element_;
   static constexpr int kHeadDim = HeadDim;
+  static constexpr int kBlockN = BlockN;  // key rows per pipeline stage
   static constexpr int kStages = Stages;
   static constexpr bool kSchedulerBarrier = SchedulerBarrier;
   static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-  static constexpr int kProducerRegisters = 40;
-  static constexpr int kConsumerRegisters = 232;
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = 240;
   static constexpr int kBarrierEpilogueBase = 1;   // named barriers 1, 2
   static constexpr int kBarrierSchedulerBase = 3;  // named barriers 3, 4
 };
 
 template <class Cfg>
 struct SharedStorage {
-  static constexpr int kTileElems = kernels::kBlockRows * Cfg::kHeadDim;
-  alignas(1024) typename Cfg::Element q[kTileElems];  // Q tile; reused for O in the epilogue
-  alignas(1024) typename Cfg::Element k[Cfg::kStages][kTileElems];
-  alignas(1024) typename Cfg::Element v[Cfg::kStages][kTileElems];
+  static constexpr int kQueryElems = kernels::kQueryBlockRows * Cfg::kHeadDim;
+  static constexpr int kKeyElems = Cfg::kBlockN * Cfg::kHeadDim;
+  alignas(1024) typename Cfg::Element q[kQueryElems];  // Q tile; reused for O in the epilogue
+  alignas(1024) typename Cfg::Element k[Cfg::kStages][kKeyElems];
+  alignas(1024) typename Cfg::Element v[Cfg::kStages][kKeyElems];
   uint64_t q_full;
   uint64_t k_full[Cfg::kStages], k_empty[Cfg::kStages];
   uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
@@ -71,6 +73,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_forward_kernel(const __g
 template <class Cfg>
 void launch(const StaKernelParams& params, int64_t num_ctas, cudaStream_t stream) {
   constexpr int kSmem = sizeof(SharedStorage<Cfg>) + 1024;  // + alignment slack
+  static_assert(kSmem <= 227 * 1024, "shared memory of the configuration exceeds the 227 KB an H100 CTA can have");
   auto kernel = sta_forward_kernel<Cfg>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) throw CudaError(std::string("sta_forward: cudaFuncSetAttribute: ") + cudaGetErrorString(err));

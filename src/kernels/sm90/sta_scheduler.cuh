@@ -1,7 +1,7 @@
 #pragma once
 // Work decomposition of the STA forward kernel, and its plan walker.
 //
-// Scheduler: one CTA per (batch, head, query block). Text query blocks (which visit every key) come first so that the
+// Scheduler: one CTA per (batch, head, query block of 128 rows). Text query blocks (which visit every key) come first so that the
 // longest CTAs start first; video query blocks follow, head by head, tile by tile, so that CTAs resident together
 // share most of their key tiles in L2.
 //
@@ -32,25 +32,25 @@ __device__ __forceinline__ QueryBlock query_block_of(const StaKernelParams& p, i
   if (cta < text_ctas) {
     bh = cta / p.num_text_query_blocks;
     q.text = true;
-    q.text_row = p.num_video_tokens + int(cta % p.num_text_query_blocks) * kernels::kBlockRows;
+    q.text_row = p.num_video_tokens + int(cta % p.num_text_query_blocks) * kernels::kQueryBlockRows;
   } else {
     cta -= text_ctas;
-    const int64_t per_bh = int64_t(p.grid_t) * p.grid_h * p.grid_w * p.blocks_per_tile;
+    const int64_t per_bh = int64_t(p.grid_t) * p.grid_h * p.grid_w * p.query_blocks_per_tile;
     bh = cta / per_bh;
     const int block = int(cta % per_bh);
-    const int tile = block / p.blocks_per_tile, sub = block % p.blocks_per_tile;
+    const int tile = block / p.query_blocks_per_tile, sub = block % p.query_blocks_per_tile;
     q.tile_w = tile % p.grid_w;
     q.tile_h = (tile / p.grid_w) % p.grid_h;
     q.tile_t = tile / (p.grid_w * p.grid_h);
-    q.empty = q.tile_t == p.grid_t - 1 && sub >= p.last_tile_t_blocks;
+    q.empty = q.tile_t == p.grid_t - 1 && sub >= p.last_tile_query_blocks;
     if (p.tile_major) {
       q.x1 = 0;
       q.x2 = 0;
-      q.x3 = tile * p.tile_t + sub * p.frames_per_block;
+      q.x3 = tile * p.tile_t + sub * p.query_frames;
     } else {
       q.x1 = q.tile_w * p.tile_w;
       q.x2 = q.tile_h * p.tile_h;
-      q.x3 = q.tile_t * p.tile_t + sub * p.frames_per_block;
+      q.x3 = q.tile_t * p.tile_t + sub * p.query_frames;
     }
   }
   q.batch = int(bh / p.q_heads);
@@ -66,6 +66,8 @@ struct KeyBlock {
   int text_count;  // text: valid rows
 };
 
+// Walks the key blocks (kBlockN rows each) of one query block: the window's tiles, then the valid text.
+template <int kBlockN>
 class KeyBlockWalker {
  public:
   __device__ __forceinline__ KeyBlockWalker(const StaKernelParams& p, const QueryBlock& q) : p_(p) {
@@ -80,13 +82,14 @@ class KeyBlockWalker {
     }
     const bool covers_last_t = start_t_ + win_t_ == p.grid_t;
     num_video_ = win_h_ * win_w_ *
-                 ((win_t_ - (covers_last_t ? 1 : 0)) * p.blocks_per_tile + (covers_last_t ? p.last_tile_t_blocks : 0));
+                 ((win_t_ - (covers_last_t ? 1 : 0)) * p.key_blocks_per_tile +
+                  (covers_last_t ? p.last_tile_key_blocks : 0));
     text_valid_ = p.text_len;
     if (p.text_valid != nullptr) {
       int v = p.text_valid[p.batch_offset + q.batch];
       text_valid_ = v < 0 ? 0 : (v > p.text_len ? p.text_len : v);
     }
-    num_text_ = (text_valid_ + kernels::kTextBlockRows - 1) / kernels::kTextBlockRows;
+    num_text_ = (text_valid_ + kBlockN - 1) / kBlockN;
     kt_ = start_t_, kh_ = start_h_, kw_ = start_w_, sub_ = 0, index_ = 0;
   }
 
@@ -101,23 +104,22 @@ class KeyBlockWalker {
       if (p_.tile_major) {
         k.x1 = 0;
         k.x2 = 0;
-        k.x3 = ((kt_ * p_.grid_h + kh_) * p_.grid_w + kw_) * p_.tile_t + sub_ * p_.frames_per_block;
+        k.x3 = ((kt_ * p_.grid_h + kh_) * p_.grid_w + kw_) * p_.tile_t + sub_ * p_.key_frames;
         k.masked = false;  // tile-major input has only full tiles
       } else {
         k.x1 = kw_ * p_.tile_w;
         k.x2 = kh_ * p_.tile_h;
-        k.x3 = kt_ * p_.tile_t + sub_ * p_.frames_per_block;
-        k.masked = k.x1 + p_.tile_w > p_.extent1 || k.x2 + p_.tile_h > p_.extent2 ||
-                   k.x3 + p_.frames_per_block > p_.extent3;
+        k.x3 = kt_ * p_.tile_t + sub_ * p_.key_frames;
+        k.masked = k.x1 + p_.tile_w > p_.extent1 || k.x2 + p_.tile_h > p_.extent2 || k.x3 + p_.key_frames > p_.extent3;
       }
     } else {
       const int j = index_ - num_video_;
       k.text = true;
       k.x1 = k.x2 = k.x3 = 0;
-      k.text_row = p_.num_video_tokens + j * kernels::kTextBlockRows;
-      const int left = text_valid_ - j * kernels::kTextBlockRows;
-      k.text_count = left < kernels::kTextBlockRows ? left : kernels::kTextBlockRows;
-      k.masked = k.text_count < kernels::kTextBlockRows;
+      k.text_row = p_.num_video_tokens + j * kBlockN;
+      const int left = text_valid_ - j * kBlockN;
+      k.text_count = left < kBlockN ? left : kBlockN;
+      k.masked = k.text_count < kBlockN;
     }
     return k;
   }
@@ -125,7 +127,7 @@ class KeyBlockWalker {
   __device__ __forceinline__ void advance() {
     ++index_;
     if (index_ >= num_video_) return;
-    const int subs = kt_ == p_.grid_t - 1 ? p_.last_tile_t_blocks : p_.blocks_per_tile;
+    const int subs = kt_ == p_.grid_t - 1 ? p_.last_tile_key_blocks : p_.key_blocks_per_tile;
     if (++sub_ < subs) return;
     sub_ = 0;
     if (++kw_ < start_w_ + win_w_) return;
