@@ -96,14 +96,25 @@ def ceilings():
     big = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(big)
     cms, _ = timed(lambda: dst.copy_(big), 3, 10)
-    return 2 * 8192 ** 3 / (ms * 1e9), 2 * big.numel() / (cms * 1e6)
+    return 2 * 8192 ** 3 / (ms * 1e9), 2 * big.numel() / (cms * 1e9)  # TFLOP/s, TB/s (bytes read + written)
+
+
+def gpu_state():
+    """SM clock (MHz) and power (W) right now, through NVML if available."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        return pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM), pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0
+    except Exception:  # noqa: BLE001 - optional instrumentation
+        return None, None
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=10, help="interleaved rounds; each method runs 3 calls per round")
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--texts", default="0,256")
     p.add_argument("--no-flex", action="store_true")
     a = p.parse_args()
@@ -113,68 +124,81 @@ def main():
     mm, bw = ceilings()
     res = {"gpu": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
            "workload": "hunyuan-720p", "video": VIDEO, "tile": TILE, "heads": HEADS, "head_dim": D, "dtype": "bf16",
-           "reps": a.reps, "warmup": a.warmup, "statistic": "median over reps of the mean of 3 back-to-back calls, CUDA events",
+           "rounds": a.reps,
+           "statistic": "median over interleaved rounds (every method once per round, rotating order) of the mean "
+                        "of 3 back-to-back calls; CUDA events",
            "bf16_matmul_8192_tflops": round(mm, 1), "device_copy_tb_s": round(bw, 2)}
     print(f"{name}: bf16 matmul {mm:.0f} TFLOP/s, copy {bw:.2f} TB/s", flush=True)
     flex = None
     if not a.no_flex:
         from torch.nn.attention.flex_attention import flex_attention
         flex = torch.compile(flex_attention, dynamic=False)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    methods = []  # (key, fn, window, text)
     for text in [int(t) for t in a.texts.split(",")]:
         sfx = "" if text == 0 else f"_text{text}"
         S = math.prod(VIDEO) + text
         q, k, v = (torch.randn(1, HEADS, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        rows = []
-
-        def record(key, ms, window):
-            tflops = 4 * D * HEADS * visited_pairs(window, text) / (ms * 1e9)
-            res[key] = round(ms, 3)
-            res[key.replace("_ms", "_tflops")] = round(tflops, 1)
-            rows.append((key, ms, tflops))
-            print(f"  {key:<40} {ms:9.3f} ms {tflops:7.1f} TFLOP/s", flush=True)
-
-        print(f"text {text}: S={S}", flush=True)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            ms, _ = timed(lambda: F.scaled_dot_product_attention(q, k, v), a.warmup, a.reps)
-            dense_ref = F.scaled_dot_product_attention(q, k, v)
-        record(f"cudnn_dense_fwd_ms{sfx}", ms, None)
-        out = tileattn.sta_attention(q, k, v, VIDEO, window=None, text_len=text)
-        res[f"check_dense_vs_cudnn_rel_l2{sfx}"] = rel_l2(out, dense_ref)
-        ms, _ = timed(lambda: tileattn.sta_attention(q, k, v, VIDEO, window=None, text_len=text), a.warmup, a.reps)
-        record(f"tileattn_dense_fwd_ms{sfx}", ms, None)
-        del dense_ref
         order = _tile_major_order(VIDEO, TILE, text, q.device)
         qt, kt, vt = (x.index_select(2, order) for x in (q, k, v))
+
+        def cudnn(q=q, k=k, v=v):
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        def ours(w, layout="natural", q=q, k=k, v=v, qt=qt, kt=kt, vt=vt, text=text):
+            if layout == "natural":
+                return lambda: tileattn.sta_attention(q, k, v, VIDEO, window=w, text_len=text)
+            return lambda: tileattn.sta_attention(qt, kt, vt, VIDEO, window=w, text_len=text, layout="tile_major")
+
+        res[f"check_dense_vs_cudnn_rel_l2{sfx}"] = rel_l2(ours(None)(), cudnn())
+        methods += [(f"cudnn_dense_fwd_ms{sfx}", cudnn, None, text), (f"tileattn_dense_fwd_ms{sfx}", ours(None), None, text)]
         for label, w in WINDOWS.items():
-            ms, _ = timed(lambda: tileattn.sta_attention(q, k, v, VIDEO, window=w, text_len=text), a.warmup, a.reps)
-            record(f"tileattn_sta_{label}_fwd_ms{sfx}", ms, w)
+            methods.append((f"tileattn_sta_{label}_fwd_ms{sfx}", ours(w), w, text))
             if label == "3x3x3":
-                ms, _ = timed(lambda: tileattn.sta_attention(qt, kt, vt, VIDEO, window=w, text_len=text,
-                                                             layout="tile_major"), a.warmup, a.reps)
-                record(f"tileattn_sta_{label}_tilemajor_fwd_ms{sfx}", ms, w)
+                methods.append((f"tileattn_sta_{label}_tilemajor_fwd_ms{sfx}", ours(w, "tile_major"), w, text))
             if flex is not None:
                 mask = flex_block_mask(w, text, q.device)
-                ref = flex(qt, kt, vt, block_mask=mask)
-                ours = tileattn.sta_attention(q, k, v, VIDEO, window=w, text_len=text).index_select(2, order)
-                res[f"check_sta_{label}_vs_flex_rel_l2{sfx}"] = rel_l2(ours, ref)
-                del ours, ref
-                ms, _ = timed(lambda: flex(qt, kt, vt, block_mask=mask), a.warmup, a.reps)
-                record(f"flex_sta_{label}_fwd_ms{sfx}", ms, w)
-        cudnn = res[f"cudnn_dense_fwd_ms{sfx}"]
-        for key, ms, _ in rows:
-            if key.startswith("tileattn"):
-                res[key.replace("_fwd_ms", "_speedup_vs_cudnn_dense")] = round(cudnn / ms, 2)
-                flex_key = key.replace("tileattn", "flex")
-                if flex_key in res:
-                    res[key.replace("_fwd_ms", "_speedup_vs_flex")] = round(res[flex_key] / ms, 2)
+                fn = (lambda mask=mask, qt=qt, kt=kt, vt=vt: flex(qt, kt, vt, block_mask=mask))
+                ref = fn()
+                res[f"check_sta_{label}_vs_flex_rel_l2{sfx}"] = rel_l2(ours(w)().index_select(2, order), ref)
+                del ref
+                methods.append((f"flex_sta_{label}_fwd_ms{sfx}", fn, w, text))
+    for key, fn, _, _ in methods:  # warm-up (and FlexAttention compilation)
+        timed(fn, a.warmup, 1)
+    times = {key: [] for key, *_ in methods}
+    clocks, powers = [], []
+    for r in range(a.reps):
+        shift = r % len(methods)
+        for key, fn, _, _ in methods[shift:] + methods[:shift]:
+            times[key].append(timed(fn, 0, 1)[0])
+        clock, power = gpu_state()
+        if clock:
+            clocks.append(clock), powers.append(power)
+        print(f"  round {r + 1}/{a.reps} done (SM clock {clock} MHz, power {power} W)", flush=True)
+    for key, fn, w, text in methods:
+        ms = sorted(times[key])[len(times[key]) // 2]
+        res[key] = round(ms, 3)
+        res[key.replace("_ms", "_tflops")] = round(4 * D * HEADS * visited_pairs(w, text) / (ms * 1e9), 1)
+    if clocks:
+        res["sm_clock_mhz_min_median_max"] = [min(clocks), sorted(clocks)[len(clocks) // 2], max(clocks)]
+        res["power_w_min_median_max"] = [round(min(powers)), round(sorted(powers)[len(powers) // 2]), round(max(powers))]
+    for key in list(res):
+        if key.startswith("tileattn") and key.endswith("_fwd_ms") or "_fwd_ms_text" in key and key.startswith("tileattn"):
+            sfx = key.split("_fwd_ms")[1]
+            cudnn = res[f"cudnn_dense_fwd_ms{sfx}"]
+            res[key.replace("_fwd_ms", "_speedup_vs_cudnn_dense")] = round(cudnn / res[key], 2)
+            flex_key = key.replace("tileattn", "flex")
+            if flex_key in res:
+                res[key.replace("_fwd_ms", "_speedup_vs_flex")] = round(res[flex_key] / res[key], 2)
+    for sfx in [""] + [f"_text{t}" for t in a.texts.split(",") if t != "0"]:
         nat, tm = res.get(f"tileattn_sta_3x3x3_fwd_ms{sfx}"), res.get(f"tileattn_sta_3x3x3_tilemajor_fwd_ms{sfx}")
         if nat and tm:
             res[f"natural_order_overhead_3x3x3{sfx}"] = round(nat / tm - 1, 4)
-        for key in [k for k in res if k.startswith("check_")]:
-            print(f"  {key:<40} {res[key]:.2e}")
-        del q, k, v, qt, kt, vt
-        torch.cuda.empty_cache()
+    width = max(len(k) for k in res)
+    for key, value in res.items():
+        print(f"  {key:<{width}} {value}")
     out_dir = pathlib.Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{gpu}-hunyuan-720p.json"

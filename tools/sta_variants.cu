@@ -42,6 +42,8 @@ Variant variant(const char* name) {
 
 int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::atoi(argv[1]) : 10;
+  const std::string mode = argc > 2 ? argv[2] : "all";
+  const bool sweep = mode == "all";
   const Extent3 video{30, 48, 80};
   const int64_t heads = 24, d = 128, n = video.volume();
   const int64_t elems = heads * n * d;
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
   CHECK(cudaEventCreate(&b));
   std::vector<uint16_t> h_out(elems), h_ref(elems);
   for (const Window w : {Window{3, 3, 3}, Window{5, 5, 5}, Window{5, 6, 10}}) {
+    if (!sweep) break;
     StaForwardArgs args;
     args.batch = 1, args.q_heads = heads, args.kv_heads = heads, args.head_dim = d, args.video = video;
     args.q = {q, elems, n * d, d}, args.k = {k, elems, n * d, d}, args.v = {v, elems, n * d, d};
@@ -101,6 +104,69 @@ int main(int argc, char** argv) {
       const float med = t[t.size() / 2];
       std::printf("  %-24s %9.3f ms  (min %8.3f)  %6.1f TFLOP/s  rel diff vs production %.1e\n", var.name.c_str(), med,
                   t.front(), 4.0 * d * pairs / (med * 1e9), std::sqrt(diff / norm));
+    }
+  }
+  // Where does the time of text tokens go? Window 3x3x3, video-query CTAs only (the text-query CTAs run apart).
+  // "profile TEXT VALID": one warm-up and one timed launch of the production config (for ncu: -s 1 -c 1).
+  // "text": text configurations timed in interleaved rounds (video-query CTAs only, window 3x3x3).
+  const bool profile = mode == "profile";
+  if (profile || mode == "text" || mode == "all") {
+    std::vector<std::pair<int64_t, int>> cases = {{0, 0}, {384, 384}, {256, 256}, {256, 192}, {256, 64}, {320, 320}};
+    if (profile) cases = {{std::atoll(argv[3]), std::atoi(argv[4])}};
+    const Variant& var = variants[3];
+    struct Prepared {
+      std::string name;
+      kernels::StaKernelParams params;
+      int64_t ctas;
+      std::vector<float> times;
+    };
+    std::vector<Prepared> runs;
+    const Window w{3, 3, 3};
+    for (auto [text, valid] : cases) {
+      const int64_t nt = n + text, te = heads * nt * d;
+      void *tq, *tk, *tv, *to;
+      int32_t* valid_dev;
+      CHECK(cudaMalloc(&tq, te * 2));
+      CHECK(cudaMalloc(&tk, te * 2));
+      CHECK(cudaMalloc(&tv, te * 2));
+      CHECK(cudaMalloc(&to, te * 2));
+      CHECK(cudaMalloc(&valid_dev, 4));
+      CHECK(cudaMemcpy(valid_dev, &valid, 4, cudaMemcpyHostToDevice));
+      detail::fill_random_device(tq, te, DType::bf16, 21, 1.0f, nullptr);
+      detail::fill_random_device(tk, te, DType::bf16, 22, 1.0f, nullptr);
+      detail::fill_random_device(tv, te, DType::bf16, 23, 1.0f, nullptr);
+      StaForwardArgs args;
+      args.batch = 1, args.q_heads = heads, args.kv_heads = heads, args.head_dim = d, args.video = video;
+      args.text_len = text, args.text_valid = valid_dev;
+      args.q = {tq, te, nt * d, d}, args.k = {tk, te, nt * d, d}, args.v = {tv, te, nt * d, d};
+      args.out = {to, te, nt * d, d};
+      args.windows = std::span<const Window>(&w, 1);
+      auto l = kernels::prepare_sta_launches(args, var.block_n).front();
+      const int64_t text_ctas = int64_t(heads) * l.params.num_text_query_blocks;
+      l.params.num_text_query_blocks = 0;
+      char name[96];
+      std::snprintf(name, sizeof name, "text %4lld valid %4d (%d text key blocks, last %s)", static_cast<long long>(text),
+                    valid, (valid + var.block_n - 1) / var.block_n,
+                    valid % var.block_n ? (valid == text ? "partial, past the end" : "partial, masked") : "full");
+      runs.push_back({name, l.params, l.num_ctas - text_ctas, {}});
+    }
+    for (auto& r : runs) var.launch(r.params, r.ctas, nullptr);
+    const int rounds = profile ? 1 : reps;
+    for (int round = 0; round < rounds; ++round)
+      for (size_t i = 0; i < runs.size(); ++i) {
+        auto& r = runs[(i + round) % runs.size()];
+        CHECK(cudaEventRecord(a));
+        var.launch(r.params, r.ctas, nullptr);
+        CHECK(cudaEventRecord(b));
+        CHECK(cudaEventSynchronize(b));
+        float ms;
+        CHECK(cudaEventElapsedTime(&ms, a, b));
+        r.times.push_back(ms);
+      }
+    std::printf("\nvideo-query CTAs only, window 3x3x3, %s, %d interleaved rounds\n", var.name.c_str(), rounds);
+    for (auto& r : runs) {
+      std::sort(r.times.begin(), r.times.end());
+      std::printf("  %-60s %8.3f ms\n", r.name.c_str(), r.times[r.times.size() / 2]);
     }
   }
   return 0;

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <bit>
 #include <cmath>
 #include <mutex>
 
@@ -107,6 +108,8 @@ std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& a, int block_n
   const int64_t last_frames = a.video.t - (grid.t - 1) * tile.t;
   const int64_t query_frames = kQueryBlockRows / plane, key_frames = block_n / plane;
   p.tile_t = int(tile.t), p.tile_h = int(tile.h), p.tile_w = int(tile.w);
+  p.log2_tile_w = std::countr_zero(uint64_t(tile.w));
+  p.log2_tile_plane = std::countr_zero(uint64_t(plane));
   p.grid_t = int(grid.t), p.grid_h = int(grid.h), p.grid_w = int(grid.w);
   p.query_frames = int(query_frames);
   p.query_blocks_per_tile = int(tile.t / query_frames);

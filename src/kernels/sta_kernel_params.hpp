@@ -26,6 +26,7 @@ struct StaKernelParams {
 
   int extent1, extent2, extent3;  // sizes of x1, x2, x3 in the video maps (bounds for edge masks)
   int tile_t, tile_h, tile_w;
+  int log2_tile_w, log2_tile_plane;  // tile_h and tile_w are powers of two (tile_h * tile_w in {16, 32, 64})
   int grid_t, grid_h, grid_w;
   int query_frames;              // frames per query block: 128 / (tile_h * tile_w)
   int query_blocks_per_tile;     // tile_t / query_frames

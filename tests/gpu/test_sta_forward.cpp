@@ -250,6 +250,47 @@ TEST_F(StaForwardGpu, HunyuanShapeOneHead) {
   expect_matches_reference(c, 999);
 }
 
+// The call allocates nothing and never synchronises: it can be captured in a CUDA graph, and replays give the
+// direct call's output bit for bit.
+TEST_F(StaForwardGpu, CapturesInCudaGraph) {
+  const VideoGeometry geo({12, 16, 24}, {6, 8, 8}, 77);
+  const int64_t heads = 2, d = 128, n = geo.num_tokens(), elems = heads * n * d;
+  void *q, *k, *v, *direct, *graphed;
+  for (void** p : {&q, &k, &v, &direct, &graphed}) CUDA_OK(cudaMalloc(p, elems * 2));
+  detail::fill_random_device(q, elems, DType::bf16, test_seed() + 1, 1.0f, nullptr);
+  detail::fill_random_device(k, elems, DType::bf16, test_seed() + 2, 1.0f, nullptr);
+  detail::fill_random_device(v, elems, DType::bf16, test_seed() + 3, 1.0f, nullptr);
+  detail::fill_pattern_device(graphed, elems, 0xFFFF, nullptr);
+  const std::vector<Window> windows = {{1, 1, 3}, {1, 1, 1}};
+  StaForwardArgs a;
+  a.q_heads = a.kv_heads = heads, a.head_dim = d, a.video = geo.video(), a.text_len = geo.text_len();
+  a.q = {q, elems, n * d, d}, a.k = {k, elems, n * d, d}, a.v = {v, elems, n * d, d};
+  a.windows = windows;
+  a.out = {direct, elems, n * d, d};
+  sta_forward(a, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  a.out = {graphed, elems, n * d, d};
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  sta_forward(a, stream);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 2; ++i) CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  std::vector<uint16_t> x(elems), y(elems);
+  CUDA_OK(cudaMemcpy(x.data(), direct, elems * 2, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(y.data(), graphed, elems * 2, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(x, y);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  for (void* p : {q, k, v, direct, graphed}) cudaFree(p);
+}
+
 TEST_F(StaForwardGpu, RejectsBadArgumentsBeforeLaunching) {
   StaForwardArgs a;
   a.video = {6, 8, 8};

@@ -61,7 +61,7 @@ struct Epilogue {
           token = q.text_row + row;
           valid = token < p.num_tokens;
         } else {
-          const int w = row % p.tile_w, h = (row / p.tile_w) % p.tile_h, t = row / (p.tile_w * p.tile_h);
+          const int w = row & (p.tile_w - 1), h = (row >> p.log2_tile_w) & (p.tile_h - 1), t = row >> p.log2_tile_plane;
           valid = q.x1 + w < p.extent1 && q.x2 + h < p.extent2 && q.x3 + t < p.extent3;
           token = (int64_t(q.x3 + t) * p.extent2 + (q.x2 + h)) * p.extent1 + (q.x1 + w);
         }

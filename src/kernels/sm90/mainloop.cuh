@@ -104,20 +104,23 @@ struct Mainloop {
     }
   }
 
-  // Sets the scores of key rows outside the video / the valid text to -inf.
+  // Sets the scores of key rows outside the video / the valid text to -inf. Runs only for the few blocks the walker
+  // flags; still kept cheap (no division: tile planes are powers of two), since every such block stalls the
+  // warpgroup's softmax. Thread column of score e: 8 * (e / 4) + 2 * (lane % 4) + e % 2.
   static __device__ __forceinline__ void mask_keys(const StaKernelParams& p, const KeyBlock& k, float (&s)[kScores]) {
-    const int lane = threadIdx.x % 32;
+    const int lane_col = 2 * (threadIdx.x % 4);
+    if (k.text) {
+#pragma unroll
+      for (int e = 0; e < kScores; ++e)
+        if (8 * (e / 4) + lane_col + (e % 2) >= k.text_count) s[e] = -INFINITY;
+      return;
+    }
+    const int valid_w = p.extent1 - k.x1, valid_h = p.extent2 - k.x2, valid_t = p.extent3 - k.x3;
 #pragma unroll
     for (int e = 0; e < kScores; ++e) {
-      const int col = 8 * (e / 4) + 2 * (lane % 4) + (e % 2);
-      bool valid;
-      if (k.text) {
-        valid = col < k.text_count;
-      } else {
-        const int w = col % p.tile_w, h = (col / p.tile_w) % p.tile_h, t = col / (p.tile_w * p.tile_h);
-        valid = k.x1 + w < p.extent1 && k.x2 + h < p.extent2 && k.x3 + t < p.extent3;
-      }
-      if (!valid) s[e] = -INFINITY;
+      const int col = 8 * (e / 4) + lane_col + (e % 2);
+      const int w = col & (p.tile_w - 1), h = (col >> p.log2_tile_w) & (p.tile_h - 1), t = col >> p.log2_tile_plane;
+      if (w >= valid_w || h >= valid_h || t >= valid_t) s[e] = -INFINITY;
     }
   }
 
