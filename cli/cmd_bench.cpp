@@ -15,7 +15,7 @@
 #if TILEATTN_WITH_CUDA
 #include <cuda_runtime.h>
 
-#include "tileattn/detail/device_random.hpp"
+#include "tileattn/detail/testing.hpp"
 #endif
 
 namespace tileattn::cli {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kernels/sm90/sta_fwd_kernel.cuh"
-#include "tileattn/detail/device_random.hpp"
+#include "tileattn/detail/testing.hpp"
 
 using namespace tileattn;
 

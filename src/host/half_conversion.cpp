@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "tileattn/detail/device_random.hpp"
+#include "tileattn/detail/testing.hpp"
 
 namespace tileattn::detail {
 namespace {

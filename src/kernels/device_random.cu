@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "tileattn/detail/device_random.hpp"
+#include "tileattn/detail/testing.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn::detail {

@@ -1,5 +1,5 @@
 // Build without CUDA: the device helpers exist and say why they cannot run.
-#include "tileattn/detail/device_random.hpp"
+#include "tileattn/detail/testing.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn::detail {

@@ -91,6 +91,8 @@ int choose_block_n(const StaForwardArgs& a) {
 
 std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& a, int block_n) {
   validate_sta_forward_args(a);
+  if (!gpu_kernels_available())
+    throw CudaError("sta_forward: no GPU of compute capability 9.0 (Hopper) is available to this process");
   const VideoGeometry geo(a.video, a.tile, a.text_len);
   const Extent3 grid = geo.grid(), tile = a.tile;
   const int64_t plane = tile.h * tile.w;
@@ -187,8 +189,6 @@ std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& a, int block_n
 void sta_forward(const StaForwardArgs& a, StreamHandle stream) {
   const int block_n = kernels::choose_block_n(a);
   const std::vector<kernels::StaLaunch> launches = kernels::prepare_sta_launches(a, block_n);
-  if (!gpu_kernels_available())
-    throw CudaError("sta_forward: no GPU of compute capability 9.0 (Hopper) is available to this process");
   for (const kernels::StaLaunch& l : launches) {
     auto* s = static_cast<CUstream_st*>(stream);
     if (a.dtype == DType::bf16)

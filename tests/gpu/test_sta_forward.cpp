@@ -8,7 +8,7 @@
 #include <optional>
 #include <random>
 
-#include "tileattn/detail/device_random.hpp"
+#include "tileattn/detail/testing.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/reference.hpp"
 #include "tileattn/sta.hpp"

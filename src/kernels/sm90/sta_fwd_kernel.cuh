@@ -84,3 +84,23 @@ void launch(const StaKernelParams& params, int64_t num_ctas, cudaStream_t stream
 }
 
 }  // namespace tileattn::sm90
+
+// Defines launch_sta_forward_sm90<DTYPE, HEAD_DIM> for one (dtype, head dim); each sta_fwd_*.cu holds one, so the
+// instantiations compile in parallel. Head dim 128 has 192-row key blocks where the tile allows (see choose_block_n)
+// and 128-row ones elsewhere; head dim 64 has 128-row key blocks and 4 stages (its tiles are half the size).
+#define TILEATTN_STA_FORWARD_INSTANCE(DTYPE, ELEMENT, HEAD_DIM)                                                   \
+  namespace tileattn::kernels {                                                                                 \
+  template <>                                                                                                   \
+  void launch_sta_forward_sm90<DType::DTYPE, HEAD_DIM>(const StaKernelParams& params, int64_t num_ctas,         \
+                                                       int block_n, CUstream_st* stream) {                      \
+    using Wide = sm90::StaForwardConfig<ELEMENT, HEAD_DIM, 192, 2, true>;                                        \
+    using Narrow = sm90::StaForwardConfig<ELEMENT, HEAD_DIM, 128, HEAD_DIM == 128 ? 2 : 4, true>;               \
+    if constexpr (HEAD_DIM == 128) {                                                                            \
+      if (block_n == 192) return sm90::launch<Wide>(params, num_ctas, stream);                                  \
+    }                                                                                                           \
+    if (block_n == 128) return sm90::launch<Narrow>(params, num_ctas, stream);                                  \
+    throw CudaError("sta_forward: no kernel for head dim " #HEAD_DIM " with key blocks of " +                 \
+                      std::to_string(block_n) + " rows");                                                       \
+  }                                                                                                             \
+  }
+

@@ -1,5 +1,5 @@
 #pragma once
-// Device helpers for tests, the CLI benchmark and examples (not part of the attention API): fill a buffer with
+// Helpers for tests, the CLI benchmark and tools (not part of the attention API): fill a device buffer with
 // reproducible pseudo-random values, convert between 16-bit floats and fp32 on the host.
 #include <cstdint>
 #include <vector>
