@@ -11,7 +11,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import pathlib
 import sys
 

@@ -22,6 +22,12 @@ for s in $steps; do
       done ;;
     variants)
       timeout 300 .carry/bin/sta_variants 10 2>&1 | tee "$OUT/variants.log" ;;
+    python)
+      TILEATTN_PREBUILT_LIBRARY=$PWD/.carry/bin/libtileattn.so python3 -m pip install --no-build-isolation --no-deps \
+        --quiet ./python 2>&1 | tail -3
+      (cd /tmp && python3 -c "import tileattn, sys; print('installed at', tileattn.__file__)")
+      (cd python/tests && unset TILEATTN_LIBRARY && timeout 400 python3 -m pytest -q -p no:cacheprovider . 2>&1 \
+        | tee "$OUT/pytest.log" | tail -40) ;;
     cli)
       timeout 400 .carry/bin/tileattn 2>&1 | tee "$OUT/main_job.log" ;;
     bench)

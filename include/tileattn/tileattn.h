@@ -15,7 +15,8 @@ typedef enum tileattn_status {
   TILEATTN_OK = 0,
   TILEATTN_ERROR_ARGUMENT = -1,  /* a bad argument; the message names it */
   TILEATTN_ERROR_CUDA = -2,      /* a CUDA failure, or no suitable GPU / kernels in this build */
-  TILEATTN_ERROR_INTERNAL = -3
+  TILEATTN_ERROR_INTERNAL = -3,
+  TILEATTN_ERROR_FILE = -4       /* a file could not be read or is malformed; the message names file, key, problem */
 } tileattn_status;
 
 typedef enum tileattn_dtype { TILEATTN_BF16 = 0, TILEATTN_FP16 = 1 } tileattn_dtype;
@@ -47,6 +48,10 @@ typedef struct tileattn_sta_forward_args {
 } tileattn_sta_forward_args;
 
 int tileattn_sta_forward(const tileattn_sta_forward_args* args, void* cuda_stream);
+/* Reads a mask-strategy file (FastVideo's format or tileattn's), validates it, and writes it in tileattn's JSON format
+ * (NUL-terminated) into buffer. *needed receives the size the text needs (NUL included); if capacity is smaller the
+ * call returns TILEATTN_ERROR_ARGUMENT naming "capacity" and writes nothing: call again with a larger buffer. */
+int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed);
 /* 1 if this build has the kernels and the current device can run them, else 0. */
 int tileattn_gpu_kernels_available(void);
 const char* tileattn_last_error(void);

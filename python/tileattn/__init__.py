@@ -1,6 +1,23 @@
-"""tileattn: Sliding Tile Attention for video diffusion transformers on Hopper GPUs."""
-from ._ffi import LibraryNotFound, TileattnError, library
-from .sta import STAConfig, sta_attention, tile, untile
+"""tileattn: Sliding Tile Attention for video diffusion transformers on Hopper GPUs.
 
-__all__ = ["STAConfig", "sta_attention", "tile", "untile", "TileattnError", "LibraryNotFound", "library"]
+`import tileattn` works without PyTorch or a GPU (the library is loaded on first use); the attention functions need
+PyTorch, a CUDA build of libtileattn and a Hopper GPU.
+"""
+from ._ffi import LibraryNotFound, TileattnArgumentError, TileattnError, TileattnFileError, library
+
 __version__ = "0.1.0"
+__all__ = ["STAConfig", "sta_attention", "tile", "untile", "MaskStrategy", "DenoisingStep",
+           "SlidingTileAttnProcessor", "TileattnError", "TileattnArgumentError", "TileattnFileError",
+           "LibraryNotFound", "library"]
+
+_LAZY = {"STAConfig": "sta", "sta_attention": "sta", "tile": "sta", "untile": "sta", "MaskStrategy": "strategy",
+         "DenoisingStep": "processor", "SlidingTileAttnProcessor": "processor"}
+
+
+def __getattr__(name):  # PEP 562: torch-dependent parts load on first use
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # a plain attribute from now on (torch.compile sees an ordinary module global)
+        return value
+    raise AttributeError(f"module 'tileattn' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import os
 import pathlib
 
 ABI_VERSION = 1
-STATUS_OK, STATUS_ARGUMENT, STATUS_CUDA, STATUS_INTERNAL = 0, -1, -2, -3
+STATUS_OK, STATUS_ARGUMENT, STATUS_CUDA, STATUS_INTERNAL, STATUS_FILE = 0, -1, -2, -3, -4
 DTYPE_BF16, DTYPE_FP16 = 0, 1
 LAYOUT_NATURAL, LAYOUT_TILE_MAJOR = 0, 1
 
@@ -68,6 +68,9 @@ def library():
             lib.tileattn_gpu_kernels_available.restype = ctypes.c_int
             lib.tileattn_abi_version.restype = ctypes.c_int
             lib.tileattn_version.restype = ctypes.c_char_p
+            lib.tileattn_mask_strategy_read.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64,
+                                                        ctypes.POINTER(ctypes.c_int64)]
+            lib.tileattn_mask_strategy_read.restype = ctypes.c_int
             if lib.tileattn_abi_version() != ABI_VERSION:
                 raise TileattnError(f"{path} speaks ABI {lib.tileattn_abi_version()}, this package {ABI_VERSION}")
             _lib = lib
@@ -76,6 +79,32 @@ def library():
                           "TILEATTN_LIBRARY. Looked in: " + ", ".join(tried))
 
 
+class TileattnArgumentError(TileattnError, ValueError):
+    """A bad argument; the message names it."""
+
+
+class TileattnFileError(TileattnError, OSError):
+    """A file could not be read or is malformed; the message names the file, the key and the problem."""
+
+
 def check(status: int) -> None:
-    if status != STATUS_OK:
-        raise TileattnError(library().tileattn_last_error().decode())
+    if status == STATUS_OK:
+        return
+    message = library().tileattn_last_error().decode()
+    if status == STATUS_ARGUMENT:
+        raise TileattnArgumentError(message)
+    if status == STATUS_FILE:
+        raise TileattnFileError(message)
+    raise TileattnError(message)
+
+
+def read_mask_strategy_json(path: str) -> str:
+    """The strategy file at `path`, validated by the C++ reader and rewritten in tileattn's JSON format."""
+    lib = library()
+    needed = ctypes.c_int64(0)
+    status = lib.tileattn_mask_strategy_read(os.fsencode(path), None, 0, ctypes.byref(needed))
+    if status != STATUS_ARGUMENT or needed.value <= 0:  # anything but "buffer too small" is a real error
+        check(status)
+    buffer = ctypes.create_string_buffer(needed.value)
+    check(lib.tileattn_mask_strategy_read(os.fsencode(path), buffer, needed.value, ctypes.byref(needed)))
+    return buffer.value.decode()

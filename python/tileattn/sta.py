@@ -1,14 +1,14 @@
-"""`sta_attention`: a drop-in for F.scaled_dot_product_attention on video tokens, backed by the STA kernel."""
+"""`sta_attention`: a drop-in for F.scaled_dot_product_attention on video tokens, backed by the STA kernel; `tile` and
+`untile` convert between the natural and the tile-major token order."""
 from __future__ import annotations
 
-import ctypes
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _ffi
+from . import ops
 
 Triple = Tuple[int, int, int]
 
@@ -34,7 +34,12 @@ class STAConfig:
 
     @property
     def grid(self) -> Triple:
-        return tuple(-(-v // t) for v, t in zip(self.video_shape, self.tile))  # type: ignore[return-value]
+        return _grid(self.video_shape, self.tile)
+
+    def __call__(self, q, k, v, text_valid=None, scale=None, return_lse: bool = False):
+        """sta_attention with this configuration."""
+        return sta_attention(q, k, v, self.video_shape, self.window, self.tile, self.text_len, text_valid,
+                             self.layout, scale, return_lse)
 
 
 def _grid(video_shape: Triple, tile_shape: Triple) -> Triple:
@@ -74,78 +79,76 @@ def untile(x: torch.Tensor, video_shape, tile_shape=(6, 8, 8), text_len: int = 0
     return out
 
 
-_DTYPES = {torch.bfloat16: _ffi.DTYPE_BF16, torch.float16: _ffi.DTYPE_FP16}
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _tensor_desc(t: torch.Tensor) -> _ffi.Tensor:
-    return _ffi.Tensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
-
-
-def sta_forward_raw(q, k, v, out, lse, video_shape: Triple, windows, tile_shape: Triple, text_len: int,
-                    text_valid: Optional[torch.Tensor], layout: str, scale: float, stream: int) -> None:
-    """Launches the kernel on already-validated tensors (see sta_attention)."""
-    B, Hq, S, D = q.shape
-    flat = [int(x) for w in windows for x in w]
-    win_array = (ctypes.c_int64 * max(1, len(flat)))(*flat)
-    args = _ffi.StaForwardArgs()
-    args.abi_version = _ffi.ABI_VERSION
-    args.dtype = _DTYPES[q.dtype]
-    args.layout = _ffi.LAYOUT_NATURAL if layout == "natural" else _ffi.LAYOUT_TILE_MAJOR
-    args.batch, args.q_heads, args.kv_heads, args.head_dim = B, Hq, k.shape[1], D
-    args.video[:] = list(video_shape)
-    args.tile[:] = list(tile_shape)
-    args.text_len = text_len
-    args.q, args.k, args.v, args.out = (_tensor_desc(t) for t in (q, k, v, out))
-    args.lse = lse.data_ptr() if lse is not None else None
-    args.text_valid = text_valid.data_ptr() if text_valid is not None else None
-    args.windows = ctypes.cast(win_array, ctypes.POINTER(ctypes.c_int64))
-    args.num_windows = len(windows)
-    args.scale = scale
-    _ffi.check(_ffi.library().tileattn_sta_forward(ctypes.byref(args), ctypes.c_void_p(stream)))
+def _windows(window, num_heads: int, grid: Triple):
+    """Flattened window table: [] for dense, one triple for all heads, or one per head."""
+    if window is None:
+        return []
+    if len(window) == 3 and all(isinstance(x, int) for x in window):
+        triples = [_triple(window, "window")]
+    else:
+        triples = [_triple(w, f"window[{i}]") for i, w in enumerate(window)]
+        if len(triples) != num_heads:
+            raise ValueError(f"window: {len(triples)} windows given for {num_heads} query heads (give one, or one "
+                             f"per head)")
+    for i, w in enumerate(triples):
+        for axis, (x, n) in enumerate(zip(w, grid)):
+            if x > n or (x % 2 == 0 and x != n):
+                name = "window" if len(triples) == 1 else f"window[{i}]"
+                raise ValueError(f"{name}: {w} along axis {'thw'[axis]} must be odd and <= {n} or equal to the "
+                                 f"grid extent {n} (tile grid {grid})")
+    return [x for w in triples for x in w]
 
 
 def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape, window=(3, 3, 3),
                   tile=(6, 8, 8), text_len: int = 0, text_valid: Optional[torch.Tensor] = None,
                   layout: str = "natural", scale: Optional[float] = None, return_lse: bool = False):
-    """Sliding Tile Attention. q/k/v: [B, heads, S, D] (SDPA's layout, any strides with D contiguous), S = T*H*W video
-    tokens followed by text_len text tokens. `window`: one (wt, wh, ww) in tiles, or one per query head; None = dense.
-    Returns O (and the fp32 log-sum-exp [B, heads, S] if return_lse)."""
+    """Sliding Tile Attention, a drop-in for F.scaled_dot_product_attention on video tokens.
+
+    q/k/v: [B, heads, S, D] (SDPA's layout, any strides with D contiguous; k/v may have fewer heads: GQA), S = T*H*W
+    video tokens (row-major (t, h, w), or tile-major with layout="tile_major") followed by text_len text tokens.
+    window: (wt, wh, ww) in tiles for every head, one triple per query head, or None for dense attention.
+    text_valid: optional int32 [B] on q's device: valid text tokens per sample (the rest get no weight).
+    Returns O [B, heads, S, D] (and the fp32 log-sum-exp [B, heads, S] if return_lse).
+    """
     video_shape = _triple(video_shape, "video_shape")
     tile_shape = _triple(tile, "tile")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor")
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}")
-        if not t.is_cuda:
+        if t.device.type != "cuda":
             raise ValueError(f"{name} must be on a CUDA device, got {t.device}")
-        if t.dtype not in _DTYPES:
+        if t.dtype not in _HALF_DTYPES:
             raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
         raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"k/v heads ({k.shape[1]}) must divide q heads ({q.shape[1]})")
+    if q.shape[3] not in (64, 128):
+        raise ValueError(f"head_dim must be 64 or 128, got {q.shape[3]}")
+    if int(text_len) < 0:
+        raise ValueError(f"text_len must be >= 0, got {text_len}")
     n_tokens = math.prod(video_shape) + int(text_len)
     if q.shape[2] != n_tokens:
         raise ValueError(f"q has {q.shape[2]} tokens but video_shape {video_shape} + text_len {text_len} = {n_tokens}")
     if layout not in ("natural", "tile_major"):
         raise ValueError(f"layout must be 'natural' or 'tile_major', got {layout!r}")
-    if window is None:
-        windows = []
-    elif len(window) == 3 and all(isinstance(x, int) for x in window):
-        windows = [_triple(window, "window")]
-    else:
-        windows = [_triple(w, f"window[{i}]") for i, w in enumerate(window)]
     if text_valid is not None:
-        if text_valid.dtype != torch.int32 or text_valid.device != q.device or text_valid.shape != (q.shape[0],):
+        if (not isinstance(text_valid, torch.Tensor) or text_valid.dtype != torch.int32
+                or text_valid.device != q.device or tuple(text_valid.shape) != (q.shape[0],)):
             raise ValueError("text_valid must be an int32 tensor of shape [batch] on q's device")
         text_valid = text_valid.contiguous()
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    with torch.cuda.device(q.device):
-        sta_forward_raw(q, k, v, out, lse, video_shape, windows, tile_shape, int(text_len), text_valid, layout,
-                        float(scale or 0.0), stream)
+    windows = _windows(window, q.shape[1], _grid(video_shape, tile_shape))
+    out, lse = ops.sta_forward(q, k, v, text_valid, list(video_shape), list(tile_shape), windows, int(text_len),
+                               layout, float(scale or 0.0))
     return (out, lse) if return_lse else out

@@ -3,10 +3,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "tileattn/error.hpp"
+#include "tileattn/mask_strategy.hpp"
 #include "tileattn/sta.hpp"
 
 namespace {
@@ -22,6 +24,9 @@ int guarded(F&& f) {
   } catch (const tileattn::ArgumentError& e) {
     g_last_error = e.what();
     return TILEATTN_ERROR_ARGUMENT;
+  } catch (const tileattn::FileError& e) {
+    g_last_error = e.what();
+    return TILEATTN_ERROR_FILE;
   } catch (const tileattn::CudaError& e) {
     g_last_error = e.what();
     return TILEATTN_ERROR_CUDA;
@@ -76,6 +81,21 @@ int tileattn_sta_forward(const tileattn_sta_forward_args* a, void* stream) {
     args.windows = windows;
     args.scale = a->scale;
     sta_forward(args, static_cast<StreamHandle>(stream));
+  });
+}
+
+int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed) {
+  return guarded([&] {
+    using namespace tileattn;
+    if (path == nullptr) throw_argument_error("path", "is NULL");
+    if (needed == nullptr) throw_argument_error("needed", "is NULL");
+    const std::string text = dump_mask_strategy(read_mask_strategy(path), MaskStrategyFormat::tileattn);
+    *needed = static_cast<int64_t>(text.size()) + 1;
+    if (buffer == nullptr || capacity < *needed)
+      throw_argument_error("capacity", fmt::format("the normalised strategy needs {} bytes, the buffer has {}", *needed,
+                                                   buffer == nullptr ? 0 : capacity));
+    std::copy(text.begin(), text.end(), buffer);
+    buffer[text.size()] = '\0';
   });
 }
 

@@ -1,6 +1,7 @@
 // The C ABI reports bad arguments as status codes with a message naming the argument (no GPU needed).
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <string>
 
 #include "tileattn/tileattn.h"
@@ -66,6 +67,26 @@ TEST(CApi, ValidCallWithoutGpuReportsCudaError) {
   auto a = valid_args();
   EXPECT_EQ(tileattn_sta_forward(&a, nullptr), TILEATTN_ERROR_CUDA);
   EXPECT_NE(std::string(tileattn_last_error()).size(), 0u);
+}
+
+TEST(CApi, ReadsAndNormalisesMaskStrategies) {
+  const std::string path = ::testing::TempDir() + "/capi_strategy.json";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(R"({"0_1_2": [3, 3, 3]})", f);
+    std::fclose(f);
+  }
+  int64_t needed = 0;
+  EXPECT_EQ(tileattn_mask_strategy_read(path.c_str(), nullptr, 0, &needed), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_NE(std::string(tileattn_last_error()).find("capacity"), std::string::npos);
+  std::string buffer(static_cast<size_t>(needed), '\0');
+  ASSERT_EQ(tileattn_mask_strategy_read(path.c_str(), buffer.data(), needed, &needed), TILEATTN_OK);
+  EXPECT_NE(buffer.find("\"0_1_2\""), std::string::npos);
+  EXPECT_NE(buffer.find("tileattn.mask_strategy"), std::string::npos);
+  EXPECT_EQ(tileattn_mask_strategy_read("/nonexistent.json", buffer.data(), needed, &needed), TILEATTN_ERROR_FILE);
+  EXPECT_NE(std::string(tileattn_last_error()).find("/nonexistent.json"), std::string::npos);
+  std::remove(path.c_str());
 }
 
 TEST(CApi, Version) {

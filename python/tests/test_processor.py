@@ -1,0 +1,93 @@
+"""SlidingTileAttnProcessor on a small randomly initialised DiT block with diffusers-style processors."""
+import torch
+import torch.nn.functional as F
+
+import tileattn
+from conftest import rel_l2, requires_gpu, sta_mask
+
+VIDEO, TEXT, HEADS, DIM = (12, 16, 24), 32, 2, 256  # head dim 128
+
+
+class Attention(torch.nn.Module):
+    """The part of diffusers' Attention a processor uses."""
+
+    def __init__(self, dim, heads, processor):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v, self.to_out = (torch.nn.Linear(dim, dim) for _ in range(4))
+        self.processor = processor
+
+    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask)
+
+
+class JointAttnProcessor:
+    """HunyuanVideo-style: video tokens then text tokens in one sequence, one SDPA call, split afterwards."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        x = torch.cat([hidden_states, encoder_hidden_states], 1)
+        B, S, _ = x.shape
+        q, k, v = (f(x).view(B, S, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        o = attn.to_out(o.transpose(1, 2).reshape(B, S, -1))
+        n = hidden_states.shape[1]
+        return o[:, :n], o[:, n:]
+
+
+class MaskedReferenceProcessor(JointAttnProcessor):
+    """The same processor, with the STA pattern as an explicit SDPA mask (the reference)."""
+
+    def __init__(self, mask):
+        self.mask = mask
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        mask = self.mask if attention_mask is None else self.mask & attention_mask
+        return super().__call__(attn, hidden_states, encoder_hidden_states, mask)
+
+
+def _inputs(batch=1):
+    torch.manual_seed(0)
+    n = VIDEO[0] * VIDEO[1] * VIDEO[2]
+    x = torch.randn(batch, n, DIM, device="cuda", dtype=torch.bfloat16)
+    t = torch.randn(batch, TEXT, DIM, device="cuda", dtype=torch.bfloat16)
+    return x, t
+
+
+@requires_gpu
+def test_processor_runs_sta_with_strategy_windows(tmp_path):
+    path = tmp_path / "strategy.json"
+    path.write_text('{"format": "tileattn.mask_strategy", "version": 1, "dense_steps": 1, '
+                    '"windows": {"1_0_0": [1, 1, 3], "1_0_1": [1, 1, 1]}}')
+    step = tileattn.DenoisingStep()
+    proc = tileattn.SlidingTileAttnProcessor(JointAttnProcessor(), layer=0, video_shape=VIDEO, text_len=TEXT,
+                                             strategy=tileattn.MaskStrategy.read(path), step=step)
+    attn = Attention(DIM, HEADS, proc).cuda().to(torch.bfloat16)
+    x, t = _inputs()
+    base = JointAttnProcessor()(attn, x, t)
+    dense = attn(x, t)  # step 0 is a dense step: exactly the wrapped processor
+    assert all(torch.equal(a, b) for a, b in zip(dense, base))
+    step.advance()
+    sparse = attn(x, t)
+    mask = sta_mask(VIDEO, (6, 8, 8), [(1, 1, 3), (1, 1, 1)], TEXT, x.device)[None]
+    ref = MaskedReferenceProcessor(mask)(attn, x, t)
+    for a, b in zip(sparse, ref):
+        assert rel_l2(a, b) < 1e-2
+    assert rel_l2(sparse[0], base[0]) > 0.05  # it really is sparse
+    step.advance()  # step 2 has no windows in the file and no default: the layer runs dense
+    assert all(torch.equal(a, b) for a, b in zip(attn(x, t), base))
+
+
+@requires_gpu
+def test_processor_maps_text_padding_mask_to_text_valid():
+    proc = tileattn.SlidingTileAttnProcessor(JointAttnProcessor(), layer=0, video_shape=VIDEO, text_len=TEXT,
+                                             window=(1, 1, 3))
+    attn = Attention(DIM, HEADS, proc).cuda().to(torch.bfloat16)
+    x, t = _inputs(batch=2)
+    n = x.shape[1]
+    keep = torch.ones(2, 1, 1, n + TEXT, dtype=torch.bool, device="cuda")
+    keep[0, ..., n + 5:] = False  # sample 0 has 5 valid text tokens, sample 1 all 32
+    out = attn(x, t, keep)
+    mask = sta_mask(VIDEO, (6, 8, 8), [(1, 1, 3)] * HEADS, TEXT, x.device)[None]
+    ref = MaskedReferenceProcessor(mask)(attn, x, t, keep)
+    for a, b in zip(out, ref):
+        assert rel_l2(a, b) < 1e-2
