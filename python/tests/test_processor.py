@@ -91,3 +91,18 @@ def test_processor_maps_text_padding_mask_to_text_valid():
     ref = MaskedReferenceProcessor(mask)(attn, x, t, keep)
     for a, b in zip(out, ref):
         assert rel_l2(a, b) < 1e-2
+
+
+def test_processor_warns_when_nothing_was_routed():
+    """A wrapped processor whose SDPA call STA cannot take (here: the text is not in the sequence) still gives the
+    dense result, and the user is told once. Runs on the CPU."""
+    import pytest
+
+    proc = tileattn.SlidingTileAttnProcessor(JointAttnProcessor(), layer=3, video_shape=(2, 2, 2), text_len=7,
+                                             window=(1, 1, 1))
+    attn = Attention(64, 1, proc)
+    x, t = torch.randn(1, 8, 64), torch.randn(1, 4, 64)  # 4 text tokens, not the configured 7
+    with pytest.warns(RuntimeWarning, match="layer 3.*ran dense"):
+        out = attn(x, t)
+    base = JointAttnProcessor()(attn, x, t)
+    assert all(torch.equal(a, b) for a, b in zip(out, base))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -108,6 +109,8 @@ class SlidingTileAttnProcessor:
         self.dense_steps = int(dense_steps)
         self.step = step if step is not None else DenoisingStep()
         self.n_video = self.video_shape[0] * self.video_shape[1] * self.video_shape[2]
+        self._routed_calls = 0
+        self._warned = False
 
     def windows(self, heads: int):
         """This layer's windows at the current step: None (dense / SDPA), or one triple per head."""
@@ -133,11 +136,20 @@ class SlidingTileAttnProcessor:
             text_valid = _text_valid_from_mask(attn_mask, self.n_video, self.text_len)
             if text_valid is None:
                 return None
+        self._routed_calls += 1
         return sta_attention(query, key, value, self.video_shape, windows, self.tile, self.text_len, text_valid,
                              scale=scale)
 
     def __call__(self, attn, hidden_states, *args, **kwargs):
         if self.windows(getattr(attn, "heads", 1) or 1) is None:
             return self.processor(attn, hidden_states, *args, **kwargs)
+        before = self._routed_calls
         with _route(self._sta):
-            return self.processor(attn, hidden_states, *args, **kwargs)
+            out = self.processor(attn, hidden_states, *args, **kwargs)
+        if self._routed_calls == before and not self._warned:
+            self._warned = True
+            warnings.warn(f"SlidingTileAttnProcessor (layer {self.layer}): the wrapped processor made no "
+                          f"F.scaled_dot_product_attention call over {self.n_video} video + {self.text_len} text "
+                          f"tokens that STA could take (other length, causal/dropout, a mask hiding video tokens, or "
+                          f"a different attention backend); this layer ran dense", RuntimeWarning, stacklevel=2)
+        return out
