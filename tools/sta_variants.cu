@@ -64,6 +64,15 @@ int main(int argc, char** argv) {
   cudaEvent_t a, b;
   CHECK(cudaEventCreate(&a));
   CHECK(cudaEventCreate(&b));
+  auto time_once = [&](const std::function<void()>& launch) {  // one launch, CUDA events, milliseconds
+    CHECK(cudaEventRecord(a));
+    launch();
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    return ms;
+  };
   std::vector<uint16_t> h_out(elems), h_ref(elems);
   for (const Window w : {Window{3, 3, 3}, Window{5, 5, 5}, Window{5, 6, 10}}) {
     if (!sweep) break;
@@ -85,15 +94,7 @@ int main(int argc, char** argv) {
       };
       for (int i = 0; i < 3; ++i) run();
       std::vector<float> t;
-      for (int r = 0; r < reps; ++r) {
-        CHECK(cudaEventRecord(a));
-        run();
-        CHECK(cudaEventRecord(b));
-        CHECK(cudaEventSynchronize(b));
-        float ms;
-        CHECK(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-      }
+      for (int r = 0; r < reps; ++r) t.push_back(time_once(run));
       std::sort(t.begin(), t.end());
       CHECK(cudaMemcpy(h_out.data(), out, elems * 2, cudaMemcpyDeviceToHost));
       double diff = 0, norm = 0;
@@ -155,13 +156,7 @@ int main(int argc, char** argv) {
     for (int round = 0; round < rounds; ++round)
       for (size_t i = 0; i < runs.size(); ++i) {
         auto& r = runs[(i + round) % runs.size()];
-        CHECK(cudaEventRecord(a));
-        var.launch(r.params, r.ctas, nullptr);
-        CHECK(cudaEventRecord(b));
-        CHECK(cudaEventSynchronize(b));
-        float ms;
-        CHECK(cudaEventElapsedTime(&ms, a, b));
-        r.times.push_back(ms);
+        r.times.push_back(time_once([&] { var.launch(r.params, r.ctas, nullptr); }));
       }
     std::printf("\nvideo-query CTAs only, window 3x3x3, %s, %d interleaved rounds\n", var.name.c_str(), rounds);
     for (auto& r : runs) {

@@ -82,24 +82,14 @@ def untile(x: torch.Tensor, video_shape, tile_shape=(6, 8, 8), text_len: int = 0
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _windows(window, num_heads: int, grid: Triple):
-    """Flattened window table: [] for dense, one triple for all heads, or one per head."""
+def _flat_windows(window):
+    """Flattened window table: [] for dense, one triple for all heads, or one per head. The library checks the
+    windows against the tile grid and the head count (errors name windows[h])."""
     if window is None:
         return []
     if len(window) == 3 and all(isinstance(x, int) for x in window):
-        triples = [_triple(window, "window")]
-    else:
-        triples = [_triple(w, f"window[{i}]") for i, w in enumerate(window)]
-        if len(triples) != num_heads:
-            raise ValueError(f"window: {len(triples)} windows given for {num_heads} query heads (give one, or one "
-                             f"per head)")
-    for i, w in enumerate(triples):
-        for axis, (x, n) in enumerate(zip(w, grid)):
-            if x > n or (x % 2 == 0 and x != n):
-                name = "window" if len(triples) == 1 else f"window[{i}]"
-                raise ValueError(f"{name}: {w} along axis {'thw'[axis]} must be odd and <= {n} or equal to the "
-                                 f"grid extent {n} (tile grid {grid})")
-    return [x for w in triples for x in w]
+        return list(_triple(window, "window"))
+    return [x for i, w in enumerate(window) for x in _triple(w, f"window[{i}]")]
 
 
 def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape, window=(3, 3, 3),
@@ -132,12 +122,6 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
         raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"k/v heads ({k.shape[1]}) must divide q heads ({q.shape[1]})")
-    if q.shape[3] not in (64, 128):
-        raise ValueError(f"head_dim must be 64 or 128, got {q.shape[3]}")
-    if int(text_len) < 0:
-        raise ValueError(f"text_len must be >= 0, got {text_len}")
     n_tokens = math.prod(video_shape) + int(text_len)
     if q.shape[2] != n_tokens:
         raise ValueError(f"q has {q.shape[2]} tokens but video_shape {video_shape} + text_len {text_len} = {n_tokens}")
@@ -148,7 +132,7 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
                 or text_valid.device != q.device or tuple(text_valid.shape) != (q.shape[0],)):
             raise ValueError("text_valid must be an int32 tensor of shape [batch] on q's device")
         text_valid = text_valid.contiguous()
-    windows = _windows(window, q.shape[1], _grid(video_shape, tile_shape))
-    out, lse = ops.sta_forward(q, k, v, text_valid, list(video_shape), list(tile_shape), windows, int(text_len),
+    out, lse = ops.sta_forward(q, k, v, text_valid, list(video_shape), list(tile_shape), _flat_windows(window),
+                               int(text_len),
                                layout, float(scale or 0.0))
     return (out, lse) if return_lse else out
