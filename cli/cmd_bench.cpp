@@ -1,11 +1,12 @@
-// tileattn bench: times the STA forward kernel at several windows (and dense through the same kernel) with CUDA
-// events on random inputs, median of --reps after --warmup. Baselines (cuDNN SDPA, FlexAttention) are timed in the
+// tileattn bench: times the STA forward kernel (and with --backward the backward, both dQ modes) at several windows
+// (and dense through the same kernels) with CUDA events on random inputs, median of --reps after --warmup. Baselines (cuDNN SDPA, FlexAttention) are timed in the
 // same run by bench/bench_sta.py, which needs PyTorch.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
@@ -105,15 +106,13 @@ int run_bench(const BenchOptions& o) {
   fmt::print("{:<10} {:>9} {:>11} {:>10} {:>10}\n", "window", "sparsity", "time (ms)", "TFLOP/s", "min (ms)");
   nlohmann::json results = nlohmann::json::object();
   int rc = 0;
-  for (const Window& w : windows) {
-    args.windows = std::span<const Window>(&w, 1);
-    const BlockPlan plan = build_sta_plan(BlockPartition(geo), std::vector<Window>{w});
-    const SparsityReport s = plan.sparsity();
-    for (int64_t i = 0; i < o.warmup; ++i) sta_forward(args, stream);
+  // Median and minimum of --reps timed calls after --warmup untimed ones.
+  auto time_ms = [&](auto&& call) {
+    for (int64_t i = 0; i < o.warmup; ++i) call();
     std::vector<float> times;
     for (int64_t i = 0; i < o.reps; ++i) {
       check(cudaEventRecord(start, stream), "cudaEventRecord");
-      sta_forward(args, stream);
+      call();
       check(cudaEventRecord(stop, stream), "cudaEventRecord");
       check(cudaEventSynchronize(stop), "cudaEventSynchronize");
       float ms = 0;
@@ -121,7 +120,23 @@ int run_bench(const BenchOptions& o) {
       times.push_back(ms);
     }
     std::sort(times.begin(), times.end());
-    const float median = times[times.size() / 2];
+    return std::pair{times[times.size() / 2], times.front()};
+  };
+  std::optional<DeviceBuffer> grad_out, grad_q, grad_k, grad_v, workspace;
+  StaBackwardArgs bwd;
+  if (o.backward) {
+    grad_out.emplace(q_elems * 2), grad_q.emplace(q_elems * 2), grad_k.emplace(kv_elems * 2);
+    grad_v.emplace(kv_elems * 2), workspace.emplace(sta_backward_workspace_bytes(args));
+    detail::fill_random_device(grad_out->ptr, q_elems, dtype, 4, 1.0f, stream);
+    bwd.grad_out = tensor(grad_out->ptr, o.heads), bwd.grad_q = tensor(grad_q->ptr, o.heads);
+    bwd.grad_k = tensor(grad_k->ptr, kv_heads), bwd.grad_v = tensor(grad_v->ptr, kv_heads);
+    bwd.workspace = workspace->ptr, bwd.workspace_bytes = sta_backward_workspace_bytes(args);
+  }
+  for (const Window& w : windows) {
+    args.windows = std::span<const Window>(&w, 1);
+    const BlockPlan plan = build_sta_plan(BlockPartition(geo), std::vector<Window>{w});
+    const SparsityReport s = plan.sparsity();
+    const auto [median, fastest] = time_ms([&] { sta_forward(args, stream); });
     // The plan above has one head: scale its visited pairs to all heads and batch elements.
     const double flops = 4.0 * double(d) * double(s.visited_pairs) * double(o.heads) * double(o.batch);
     // Output sanity: no NaN/Inf anywhere (inputs are random, never zeros).
@@ -133,8 +148,25 @@ int run_bench(const BenchOptions& o) {
     if (!finite) rc = 1;
     const std::string label = window_label(w, geo.grid());
     fmt::print("{:<10} {:>9.4f} {:>11.3f} {:>10.1f} {:>10.3f}{}\n", label, s.total, median, flops / (median * 1e9),
-               times.front(), finite ? "" : "  OUTPUT HAS NaN/Inf");
+               fastest, finite ? "" : "  OUTPUT HAS NaN/Inf");
     results[fmt::format("tileattn_sta_{}_fwd_ms", label)] = median;
+    if (!o.backward) continue;
+    // The backward does 5 GEMMs over the visited pairs where the forward does 2.
+    bwd.forward = args;
+    for (bool deterministic : {false, true}) {
+      bwd.deterministic = deterministic;
+      const auto [b_median, b_fastest] = time_ms([&] { sta_backward(bwd, stream); });
+      std::vector<uint16_t> grads(kv_elems);
+      check(cudaMemcpy(grads.data(), grad_k->ptr, kv_elems * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
+      const bool grads_finite = std::all_of(grads.begin(), grads.end(), [&](uint16_t b) {
+        return std::isfinite(detail::half_bits_to_float(b, dtype));
+      });
+      if (!grads_finite) rc = 1;
+      const std::string what = deterministic ? "bwd-det" : "bwd";
+      fmt::print("{:<10} {:>9} {:>11.3f} {:>10.1f} {:>10.3f}{}\n", "  " + what, "", b_median,
+                 2.5 * flops / (b_median * 1e9), b_fastest, grads_finite ? "" : "  GRADIENTS HAVE NaN/Inf");
+      results[fmt::format("tileattn_sta_{}_{}_ms", label, deterministic ? "bwd_deterministic" : "bwd")] = b_median;
+    }
   }
   check(cudaStreamDestroy(stream), "cudaStreamDestroy");
   if (!o.json_path.empty()) {
@@ -167,6 +199,7 @@ Action add_bench_command(CLI::App& app) {
   cmd->add_option("--layout", o->layout, "natural or tile-major")->capture_default_str();
   cmd->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str();
   cmd->add_option("--reps", o->reps, "timed runs (median reported)")->capture_default_str();
+  cmd->add_flag("--backward", o->backward, "also time the backward (fast and deterministic dQ modes)");
   cmd->add_option("--json", o->json_path, "write the times (ms) as JSON");
   return [o] { return run_bench(*o); };
 }

@@ -40,6 +40,7 @@ struct BenchOptions {
   int64_t text = 0;
   int64_t warmup = 3;
   int64_t reps = 10;
+  bool backward = false;       // also time the backward (fast dQ mode), and the deterministic mode
   std::string json_path;
 };
 int run_bench(const BenchOptions& options);

@@ -41,6 +41,15 @@ void reference_attention_plan(const AttentionShape& shape, const BlockPlan& plan
                               std::span<const float> q, std::span<const float> k, std::span<const float> v,
                               std::span<float> out, std::span<float> lse, const ReferenceOptions& options = {});
 
+// Gradients of reference_attention_plan for the upstream gradient grad_out (= dL/d out): grad_q has q's shape,
+// grad_k / grad_v k's and v's (summed over the query heads of each GQA group). Keys no query sees get zero gradient.
+void reference_attention_plan_backward(const AttentionShape& shape, const BlockPlan& plan,
+                                       std::span<const int32_t> text_valid, std::span<const float> q,
+                                       std::span<const float> k, std::span<const float> v,
+                                       std::span<const float> grad_out, std::span<float> grad_q,
+                                       std::span<float> grad_k, std::span<float> grad_v,
+                                       const ReferenceOptions& options = {});
+
 // Attention restricted by an element predicate allowed(batch, head, query, key); O(tokens^2) calls.
 using ElementMask = std::function<bool(int64_t batch, int64_t head, int64_t query, int64_t key)>;
 void reference_attention_masked(const AttentionShape& shape, const ElementMask& allowed, std::span<const float> q,

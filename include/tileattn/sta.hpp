@@ -48,6 +48,29 @@ struct StaForwardArgs {
 
 void sta_forward(const StaForwardArgs& args, StreamHandle stream);
 
+// Sliding Tile Attention backward on the GPU (Hopper, sm_90a): dQ, dK, dV of the call described by `forward`, whose
+// `out` is the forward output O and whose `lse` (required) is the forward's LSE. Gradients have the shapes of q, k,
+// v (dK/dV summed over the query heads of a GQA group) and the same token layout; any strides as for the forward.
+// Keys the windows hide get zero gradient, and so do text keys at positions >= text_valid[b].
+//
+// Three kernels run on `stream`: a preprocessing pass (rowwise dot(dO, O), LSE rescaled to log2), the main kernel
+// (one CTA per key block of 128 rows walking the query blocks whose windows cover it: the plan's transpose;
+// dK/dV accumulate in registers, dQ in an fp32 buffer in `workspace`) and a pass converting dQ to the input dtype.
+// `workspace` must hold sta_backward_workspace_bytes(forward) bytes (256-byte aligned); its content is overwritten.
+// deterministic = false adds dQ contributions with asynchronous bulk reductions, in whatever order CTAs finish;
+// deterministic = true adds them in a fixed order (key-block order, serialised per query block by a semaphore in the
+// workspace), so gradients are bitwise identical run to run, at some cost in speed.
+struct StaBackwardArgs {
+  StaForwardArgs forward;            // q, k, v, out (= O), lse, windows, geometry exactly as given to the forward
+  DeviceTensor grad_out, grad_q, grad_k, grad_v;
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+  bool deterministic = false;
+};
+
+int64_t sta_backward_workspace_bytes(const StaForwardArgs& forward);
+void sta_backward(const StaBackwardArgs& args, StreamHandle stream);
+
 // True if this build has the kernels and the current device can run them (compute capability 9.0).
 bool gpu_kernels_available();
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/backward_workspace.hpp"
 #include "kernels/sta_validation.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/sta.hpp"
@@ -86,6 +87,32 @@ void validate_sta_forward_args(const StaForwardArgs& a) {
     throw_argument_error("lse", "must be 4-byte aligned");
   if (!std::isfinite(a.scale) || a.scale < 0.0f)
     throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+}
+
+int64_t sta_backward_workspace_bytes(const StaForwardArgs& f) {
+  validate_sta_forward_args(f);
+  const VideoGeometry geo(f.video, f.tile, f.text_len);
+  const int64_t rows = kernels::kBwdQueryRows;
+  const int64_t frames = rows / (f.tile.h * f.tile.w);  // validate_gpu_tile: the tile plane divides 64
+  const int64_t query_blocks = geo.num_tiles() * (f.tile.t / frames) + detail::ceil_div(f.text_len, rows);
+  return kernels::backward_workspace_layout(f.batch * f.q_heads * query_blocks, f.head_dim).total;
+}
+
+void validate_sta_backward_args(const StaBackwardArgs& a) {
+  const StaForwardArgs& f = a.forward;
+  validate_sta_forward_args(f);
+  if (f.lse == nullptr) throw_argument_error("lse", "the backward needs the forward's LSE (got a null pointer)");
+  validate_tensor("grad_out", a.grad_out, f.batch, f.q_heads, f.head_dim);
+  validate_tensor("grad_q", a.grad_q, f.batch, f.q_heads, f.head_dim);
+  validate_tensor("grad_k", a.grad_k, f.batch, f.kv_heads, f.head_dim);
+  validate_tensor("grad_v", a.grad_v, f.batch, f.kv_heads, f.head_dim);
+  const int64_t needed = sta_backward_workspace_bytes(f);
+  if (a.workspace == nullptr) throw_argument_error("workspace", "is null");
+  if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0)
+    throw_argument_error("workspace", "must be 256-byte aligned");
+  if (a.workspace_bytes < needed)
+    throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs {} "
+                                                  "(sta_backward_workspace_bytes)", a.workspace_bytes, needed));
 }
 
 }  // namespace tileattn

@@ -1,74 +1,17 @@
 // Host side of the STA forward kernel: validates arguments, builds the TMA tensor maps and launches. No host
 // synchronization and no device allocation, so a call can be captured in a CUDA graph.
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
-#include <fmt/format.h>
 
-#include <array>
 #include <bit>
 #include <cmath>
-#include <mutex>
 
 #include "kernels/sta_kernel_params.hpp"
 #include "kernels/sta_validation.hpp"
+#include "kernels/tensor_maps.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/sta.hpp"
 
 namespace tileattn {
-namespace {
-
-using kernels::StaKernelParams;
-using kernels::kQueryBlockRows;
-
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult status{};
-    cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status);
-    if (err != cudaSuccess || status != cudaDriverEntryPointSuccess || ptr == nullptr)
-      throw CudaError("sta_forward: cuTensorMapEncodeTiled is not available from the CUDA driver");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }();
-  return fn;
-}
-
-template <int Rank>
-CUtensorMap make_tensor_map(const char* name, void* base, CUtensorMapDataType dtype, std::array<uint64_t, Rank> dims,
-                            std::array<uint64_t, Rank - 1> strides_bytes, std::array<uint32_t, Rank> box) {
-  for (int i = 0; i < Rank; ++i)
-    if (dims[i] == 0 || box[i] == 0 || box[i] > 256)
-      throw CudaError(fmt::format("sta_forward: tensor map '{}': dimension {} has extent {} and box {}", name, i,
-                                  dims[i], box[i]));
-  CUtensorMap map;
-  std::array<uint32_t, Rank> element_strides;
-  element_strides.fill(1);
-  CUresult r = tensor_map_encoder()(&map, dtype, Rank, base, dims.data(), strides_bytes.data(), box.data(),
-                                    element_strides.data(), CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw CudaError(fmt::format("sta_forward: cuTensorMapEncodeTiled failed for '{}' (CUresult {})", name, int(r)));
-  return map;
-}
-
-bool device_supported() {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  static std::mutex mutex;
-  static std::array<int, 64> cache{};  // 0 unknown, 1 yes, 2 no
-  std::lock_guard lock(mutex);
-  if (device < 0 || device >= static_cast<int>(cache.size())) return false;
-  if (cache[device] == 0) {
-    int major = 0, minor = 0;
-    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-              major == 9 && minor == 0;
-    cache[device] = ok ? 1 : 2;
-  }
-  return cache[device] == 1;
-}
-
-}  // namespace
 
 bool gpu_kernels_available() {
   int count = 0;
@@ -76,7 +19,7 @@ bool gpu_kernels_available() {
     cudaGetLastError();  // clear the sticky "no device" error
     return false;
   }
-  return device_supported();
+  return kernels::current_device_is_hopper();
 }
 
 namespace kernels {
@@ -96,35 +39,22 @@ std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& a, int block_n
   const VideoGeometry geo(a.video, a.tile, a.text_len);
   const Extent3 grid = geo.grid(), tile = a.tile;
   const int64_t plane = tile.h * tile.w;
-  if (block_n % plane != 0 || tile.t % (block_n / plane) != 0)
-    throw_argument_error("tile", fmt::format("key blocks of {} rows need tile_t to be a multiple of {}, got {}",
-                                             block_n, block_n / plane, to_string(tile)));
+  const TiledBlocks query = tiled_blocks(a, kQueryBlockRows), key = tiled_blocks(a, block_n);
   StaKernelParams p{};
-  const int64_t nw = static_cast<int64_t>(a.windows.size());
-  for (int64_t h = 0; h < a.q_heads; ++h) {
-    const Window w = nw == 0 ? grid : a.windows[nw == 1 ? 0 : h];
-    p.windows[h][0] = static_cast<int16_t>(w.t);
-    p.windows[h][1] = static_cast<int16_t>(w.h);
-    p.windows[h][2] = static_cast<int16_t>(w.w);
-  }
-  const int64_t last_frames = a.video.t - (grid.t - 1) * tile.t;
-  const int64_t query_frames = kQueryBlockRows / plane, key_frames = block_n / plane;
+  fill_window_table(a, p.windows);
   p.tile_t = int(tile.t), p.tile_h = int(tile.h), p.tile_w = int(tile.w);
   p.log2_tile_w = std::countr_zero(uint64_t(tile.w));
   p.log2_tile_plane = std::countr_zero(uint64_t(plane));
   p.grid_t = int(grid.t), p.grid_h = int(grid.h), p.grid_w = int(grid.w);
-  p.query_frames = int(query_frames);
-  p.query_blocks_per_tile = int(tile.t / query_frames);
-  p.last_tile_query_blocks = int((last_frames + query_frames - 1) / query_frames);
-  p.key_frames = int(key_frames);
-  p.key_blocks_per_tile = int(tile.t / key_frames);
-  p.last_tile_key_blocks = int((last_frames + key_frames - 1) / key_frames);
+  p.query_frames = query.frames;
+  p.query_blocks_per_tile = query.blocks_per_tile;
+  p.last_tile_query_blocks = query.last_tile_blocks;
+  p.key_frames = key.frames;
+  p.key_blocks_per_tile = key.blocks_per_tile;
+  p.last_tile_key_blocks = key.last_tile_blocks;
   p.tile_major = a.layout == TokenLayout::tile_major;
-  if (p.tile_major) {
-    p.extent1 = int(tile.w), p.extent2 = int(tile.h), p.extent3 = int(geo.num_tiles() * tile.t);
-  } else {
-    p.extent1 = int(a.video.w), p.extent2 = int(a.video.h), p.extent3 = int(a.video.t);
-  }
+  const VideoExtents extents = video_extents(a);
+  p.extent1 = extents.x1, p.extent2 = extents.x2, p.extent3 = extents.x3;
   p.num_video_tokens = int(geo.num_video_tokens());
   p.num_tokens = int(geo.num_tokens());
   p.text_len = int(a.text_len);
@@ -136,34 +66,12 @@ std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& a, int block_n
   const double scale = a.scale != 0.0f ? a.scale : 1.0 / std::sqrt(double(a.head_dim));
   p.scale_log2 = float(scale * 1.4426950408889634);
 
-  // Batch folds into the maps' last dimension when every tensor's batch stride is heads * head_stride.
-  auto folds = [&](const DeviceTensor& t, int64_t heads) { return t.batch_stride == heads * t.head_stride; };
-  const bool fold = a.batch == 1 || (folds(a.q, a.q_heads) && folds(a.k, a.kv_heads) && folds(a.v, a.kv_heads) &&
-                                     folds(a.out, a.q_heads));
+  const bool fold = a.batch == 1 || (batch_folds(a.q, a.q_heads) && batch_folds(a.k, a.kv_heads) &&
+                                     batch_folds(a.v, a.kv_heads) && batch_folds(a.out, a.q_heads));
   const int64_t launches = fold ? 1 : a.batch;
   const int64_t batch_per_launch = fold ? a.batch : 1;
   p.batch_in_launch = int(batch_per_launch);
-
-  const CUtensorMapDataType dtype =
-      a.dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const uint64_t D = uint64_t(a.head_dim);
-  auto video_map = [&](const char* name, const DeviceTensor& t, int64_t heads, int64_t batch_index, int64_t frames) {
-    const uint64_t ts = uint64_t(t.token_stride) * 2, hs = uint64_t(t.head_stride) * 2;
-    void* base = static_cast<char*>(t.data) + batch_index * t.batch_stride * 2;
-    std::array<uint64_t, 4> strides = p.tile_major
-        ? std::array<uint64_t, 4>{ts, uint64_t(tile.w) * ts, uint64_t(tile.h * tile.w) * ts, hs}
-        : std::array<uint64_t, 4>{ts, uint64_t(a.video.w) * ts, uint64_t(a.video.h * a.video.w) * ts, hs};
-    return make_tensor_map<5>(name, base, dtype,
-                              {D, uint64_t(p.extent1), uint64_t(p.extent2), uint64_t(p.extent3),
-                               uint64_t(heads * batch_per_launch)},
-                              strides, {64, uint32_t(tile.w), uint32_t(tile.h), uint32_t(frames), 1});
-  };
-  auto text_map = [&](const char* name, const DeviceTensor& t, int64_t heads, int64_t batch_index, int64_t rows) {
-    void* base = static_cast<char*>(t.data) + batch_index * t.batch_stride * 2;
-    return make_tensor_map<3>(name, base, dtype, {D, uint64_t(geo.num_tokens()), uint64_t(heads * batch_per_launch)},
-                              {uint64_t(t.token_stride) * 2, uint64_t(t.head_stride) * 2},
-                              {64, uint32_t(rows), 1});
-  };
+  const TensorMapFactory maps(a, batch_per_launch);
 
   const int64_t blocks_per_bh = geo.num_tiles() * p.query_blocks_per_tile + p.num_text_query_blocks;
   const int64_t ctas = batch_per_launch * a.q_heads * blocks_per_bh;
@@ -171,14 +79,14 @@ std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& a, int block_n
   std::vector<StaLaunch> out;
   for (int64_t l = 0; l < launches; ++l) {
     p.batch_offset = int(l * batch_per_launch);
-    p.q_video = video_map("q", a.q, a.q_heads, l, query_frames);
-    p.k_video = video_map("k", a.k, a.kv_heads, l, key_frames);
-    p.v_video = video_map("v", a.v, a.kv_heads, l, key_frames);
-    p.o_video = video_map("out", a.out, a.q_heads, l, query_frames / 2);
-    p.q_text = text_map("q", a.q, a.q_heads, l, kQueryBlockRows);
-    p.k_text = text_map("k", a.k, a.kv_heads, l, block_n);
-    p.v_text = text_map("v", a.v, a.kv_heads, l, block_n);
-    p.o_text = text_map("out", a.out, a.q_heads, l, kQueryBlockRows / 2);
+    p.q_video = maps.video("q", a.q, a.q_heads, l, query.frames);
+    p.k_video = maps.video("k", a.k, a.kv_heads, l, key.frames);
+    p.v_video = maps.video("v", a.v, a.kv_heads, l, key.frames);
+    p.o_video = maps.video("out", a.out, a.q_heads, l, query.frames / 2);
+    p.q_text = maps.text("q", a.q, a.q_heads, l, kQueryBlockRows);
+    p.k_text = maps.text("k", a.k, a.kv_heads, l, block_n);
+    p.v_text = maps.text("v", a.v, a.kv_heads, l, block_n);
+    p.o_text = maps.text("out", a.out, a.q_heads, l, kQueryBlockRows / 2);
     out.push_back({p, ctas});
   }
   return out;

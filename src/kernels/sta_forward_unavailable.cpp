@@ -10,6 +10,11 @@ void sta_forward(const StaForwardArgs& args, StreamHandle) {
   throw CudaError("sta_forward: this build of tileattn has no CUDA kernels (configured with TILEATTN_CUDA=OFF or "
                   "without nvcc)");
 }
+void sta_backward(const StaBackwardArgs& args, StreamHandle) {
+  validate_sta_backward_args(args);
+  throw CudaError("sta_backward: this build of tileattn has no CUDA kernels (configured with TILEATTN_CUDA=OFF or "
+                  "without nvcc)");
+}
 bool gpu_kernels_available() { return false; }
 
 }  // namespace tileattn

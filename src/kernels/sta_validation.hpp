@@ -9,5 +9,7 @@ inline constexpr int64_t kMaxQueryHeads = 256;  // the kernel's window table hol
 
 // Throws ArgumentError naming the offending argument.
 void validate_sta_forward_args(const StaForwardArgs& args);
+// The forward's checks on args.forward, plus: lse present, gradient tensors, workspace size and alignment.
+void validate_sta_backward_args(const StaBackwardArgs& args);
 
 }  // namespace tileattn

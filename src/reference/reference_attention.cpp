@@ -117,6 +117,41 @@ void run(const Problem& p, int64_t tasks, RowsOfTask&& rows_of_task) {
 
 constexpr int64_t kRowsPerTask = 32;
 
+void check_plan(const AttentionShape& shape, const BlockPlan& plan, std::span<const int32_t> text_valid) {
+  const VideoGeometry& g = plan.partition().geometry();
+  if (shape.tokens != g.num_tokens())
+    throw_argument_error("tokens", fmt::format("the plan's geometry has {} tokens, the tensors {}", g.num_tokens(),
+                                               shape.tokens));
+  if (shape.q_heads != plan.heads())
+    throw_argument_error("q_heads", fmt::format("the plan has {} heads, the tensors {}", plan.heads(), shape.q_heads));
+  if (!text_valid.empty() && static_cast<int64_t>(text_valid.size()) != shape.batch)
+    throw_argument_error("text_valid", fmt::format("expected {} entries (one per batch element), got {}", shape.batch,
+                                                   text_valid.size()));
+}
+
+// The keys a plan lets each query block see (text keys past text_valid[b] removed), in natural token indices.
+struct PlanKeys {
+  const BlockPlan& plan;
+  std::span<const int32_t> text_valid;
+  std::vector<std::vector<int64_t>> block_tokens;
+
+  PlanKeys(const BlockPlan& p, std::span<const int32_t> tv) : plan(p), text_valid(tv) {
+    const int64_t nb = p.partition().num_blocks();
+    block_tokens.resize(nb);
+    for (int64_t b = 0; b < nb; ++b) block_tokens[b] = p.partition().tokens(b);
+  }
+  std::vector<int64_t> keys(int64_t batch, int64_t head, int64_t query_block) const {
+    const VideoGeometry& g = plan.partition().geometry();
+    int64_t valid_text = g.text_len();
+    if (!text_valid.empty()) valid_text = std::clamp<int64_t>(text_valid[batch], 0, g.text_len());
+    std::vector<int64_t> keys;
+    for (int32_t kb : plan.key_blocks(head, query_block))
+      for (int64_t key : block_tokens[kb])
+        if (key < g.num_video_tokens() + valid_text) keys.push_back(key);
+    return keys;
+  }
+};
+
 }  // namespace
 
 void reference_attention_dense(const AttentionShape& shape, std::span<const float> q, std::span<const float> k,
@@ -138,30 +173,14 @@ void reference_attention_plan(const AttentionShape& shape, const BlockPlan& plan
                               std::span<const float> q, std::span<const float> k, std::span<const float> v,
                               std::span<float> out, std::span<float> lse, const ReferenceOptions& options) {
   check_shape(shape, q.size(), k.size(), v.size(), out.size(), lse.size());
-  const BlockPartition& part = plan.partition();
-  const VideoGeometry& g = part.geometry();
-  if (shape.tokens != g.num_tokens())
-    throw_argument_error("tokens", fmt::format("the plan's geometry has {} tokens, the tensors {}", g.num_tokens(),
-                                               shape.tokens));
-  if (shape.q_heads != plan.heads())
-    throw_argument_error("q_heads", fmt::format("the plan has {} heads, the tensors {}", plan.heads(), shape.q_heads));
-  if (!text_valid.empty() && static_cast<int64_t>(text_valid.size()) != shape.batch)
-    throw_argument_error("text_valid", fmt::format("expected {} entries (one per batch element), got {}", shape.batch,
-                                                   text_valid.size()));
-  const int64_t nb = part.num_blocks();
-  std::vector<std::vector<int64_t>> block_tokens(nb);
-  for (int64_t b = 0; b < nb; ++b) block_tokens[b] = part.tokens(b);
-
+  check_plan(shape, plan, text_valid);
+  const PlanKeys plan_keys(plan, text_valid);
+  const int64_t nb = plan.partition().num_blocks();
   Problem p{shape, q, k, v, out, lse, options};
   run(p, shape.batch * shape.q_heads * nb, [&](int64_t task, auto&& emit) {
     int64_t b = task / (shape.q_heads * nb), h = (task / nb) % shape.q_heads, qb = task % nb;
-    int64_t valid_text = g.text_len();
-    if (!text_valid.empty()) valid_text = std::clamp<int64_t>(text_valid[b], 0, g.text_len());
-    std::vector<int64_t> keys;
-    for (int32_t kb : plan.key_blocks(h, qb))
-      for (int64_t key : block_tokens[kb])
-        if (key < g.num_video_tokens() + valid_text) keys.push_back(key);
-    for (int64_t query : block_tokens[qb]) emit(b, h, query, keys);
+    const std::vector<int64_t> keys = plan_keys.keys(b, h, qb);
+    for (int64_t query : plan_keys.block_tokens[qb]) emit(b, h, query, keys);
   });
 }
 
@@ -183,6 +202,136 @@ void reference_attention_masked(const AttentionShape& shape, const ElementMask& 
       emit(b, h, i, keys);
     }
   });
+}
+
+namespace {
+
+// Gradients in two passes, each parallel and each output written by one task (deterministic):
+//  1. per (batch, head, query block): recompute P_ij over the row's keys, dP_ij = dO_i . v_j,
+//     D_i = sum_j P_ij dP_ij, dq_i = scale sum_j P_ij (dP_ij - D_i) k_j; keep lse_i and D_i;
+//  2. per (batch, kv head, key block), walking the plan's transpose (the query blocks that visit it) over the group's
+//     query heads: dk_j = scale sum_i dS_ij q_i and dv_j = sum_i P_ij dO_i with P_ij = exp(s_ij - lse_i).
+template <class Acc>
+struct BackwardProblem {
+  const AttentionShape& shape;
+  const PlanKeys& plan_keys;
+  std::span<const float> q, k, v, grad_out;
+  Acc scale;
+  std::vector<Acc> lse, dsum;  // [batch, q_heads, tokens]
+
+  const float* row(std::span<const float> t, int64_t heads, int64_t b, int64_t h, int64_t token) const {
+    return t.data() + ((b * heads + h) * shape.tokens + token) * shape.head_dim;
+  }
+  Acc dot(const float* x, const float* y) const {
+    Acc r = 0;
+    for (int64_t c = 0; c < shape.head_dim; ++c) r += Acc(x[c]) * Acc(y[c]);
+    return r;
+  }
+
+  void query_pass(int64_t b, int64_t h, int64_t qb, std::span<float> grad_q) {
+    const int64_t d = shape.head_dim, kvh = h / (shape.q_heads / shape.kv_heads);
+    const std::vector<int64_t> keys = plan_keys.keys(b, h, qb);
+    std::vector<Acc> prob(keys.size()), dprob(keys.size()), dq(d);
+    for (int64_t query : plan_keys.block_tokens[qb]) {
+      const float* qr = row(q, shape.q_heads, b, h, query);
+      const float* go = row(grad_out, shape.q_heads, b, h, query);
+      float* gq = grad_q.data() + ((b * shape.q_heads + h) * shape.tokens + query) * d;
+      Acc& row_lse = lse[(b * shape.q_heads + h) * shape.tokens + query];
+      Acc& row_dsum = dsum[(b * shape.q_heads + h) * shape.tokens + query];
+      row_lse = std::numeric_limits<Acc>::infinity();  // no keys: no probability anywhere
+      row_dsum = 0;
+      std::fill(gq, gq + d, 0.0f);
+      if (keys.empty()) continue;
+      Acc max_score = -std::numeric_limits<Acc>::infinity();
+      for (size_t i = 0; i < keys.size(); ++i) {
+        prob[i] = scale * dot(qr, row(k, shape.kv_heads, b, kvh, keys[i]));
+        dprob[i] = dot(go, row(v, shape.kv_heads, b, kvh, keys[i]));
+        max_score = std::max(max_score, prob[i]);
+      }
+      Acc sum = 0;
+      for (Acc& x : prob) sum += (x = std::exp(x - max_score));
+      for (size_t i = 0; i < keys.size(); ++i) row_dsum += (prob[i] /= sum) * dprob[i];
+      row_lse = max_score + std::log(sum);
+      std::fill(dq.begin(), dq.end(), Acc(0));
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const float* kr = row(k, shape.kv_heads, b, kvh, keys[i]);
+        const Acc ds = prob[i] * (dprob[i] - row_dsum);
+        for (int64_t c = 0; c < d; ++c) dq[c] += ds * Acc(kr[c]);
+      }
+      for (int64_t c = 0; c < d; ++c) gq[c] = static_cast<float>(scale * dq[c]);
+    }
+  }
+
+  void key_pass(int64_t b, int64_t kvh, int64_t kb, const BlockPlan::Transpose& transpose, std::span<float> grad_k,
+                std::span<float> grad_v) const {
+    const int64_t d = shape.head_dim, group = shape.q_heads / shape.kv_heads;
+    const VideoGeometry& g = plan_keys.plan.partition().geometry();
+    int64_t valid_text = g.text_len();
+    if (!plan_keys.text_valid.empty()) valid_text = std::clamp<int64_t>(plan_keys.text_valid[b], 0, g.text_len());
+    std::vector<Acc> dk(d), dv(d);
+    for (int64_t key : plan_keys.block_tokens[kb]) {
+      std::fill(dk.begin(), dk.end(), Acc(0));
+      std::fill(dv.begin(), dv.end(), Acc(0));
+      if (key < g.num_video_tokens() + valid_text) {  // hidden text keys get no gradient
+        const float* kr = row(k, shape.kv_heads, b, kvh, key);
+        const float* vr = row(v, shape.kv_heads, b, kvh, key);
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+          for (int32_t qb : transpose.query_blocks(h, kb))
+            for (int64_t query : plan_keys.block_tokens[qb]) {
+              const int64_t r = (b * shape.q_heads + h) * shape.tokens + query;
+              const float* qr = row(q, shape.q_heads, b, h, query);
+              const float* go = row(grad_out, shape.q_heads, b, h, query);
+              const Acc p = std::exp(scale * dot(qr, kr) - lse[r]);
+              const Acc ds = p * (dot(go, vr) - dsum[r]);
+              for (int64_t c = 0; c < d; ++c) {
+                dk[c] += scale * ds * Acc(qr[c]);
+                dv[c] += p * Acc(go[c]);
+              }
+            }
+      }
+      float* gk = grad_k.data() + ((b * shape.kv_heads + kvh) * shape.tokens + key) * d;
+      float* gv = grad_v.data() + ((b * shape.kv_heads + kvh) * shape.tokens + key) * d;
+      for (int64_t c = 0; c < d; ++c) gk[c] = static_cast<float>(dk[c]), gv[c] = static_cast<float>(dv[c]);
+    }
+  }
+};
+
+template <class Acc>
+void backward(const AttentionShape& shape, const PlanKeys& plan_keys, std::span<const float> q,
+              std::span<const float> k, std::span<const float> v, std::span<const float> grad_out,
+              std::span<float> grad_q, std::span<float> grad_k, std::span<float> grad_v, const ReferenceOptions& o) {
+  const Acc scale = o.scale != 0.0f ? Acc(o.scale) : Acc(1) / std::sqrt(static_cast<Acc>(shape.head_dim));
+  const int64_t rows = shape.batch * shape.q_heads * shape.tokens, nb = plan_keys.plan.partition().num_blocks();
+  BackwardProblem<Acc> p{shape, plan_keys, q, k, v, grad_out, scale, std::vector<Acc>(rows), std::vector<Acc>(rows)};
+  parallel_for(shape.batch * shape.q_heads * nb, o.threads, [&](int64_t task) {
+    p.query_pass(task / (shape.q_heads * nb), (task / nb) % shape.q_heads, task % nb, grad_q);
+  });
+  const BlockPlan::Transpose transpose = plan_keys.plan.transpose();
+  parallel_for(shape.batch * shape.kv_heads * nb, o.threads, [&](int64_t task) {
+    p.key_pass(task / (shape.kv_heads * nb), (task / nb) % shape.kv_heads, task % nb, transpose, grad_k, grad_v);
+  });
+}
+
+}  // namespace
+
+void reference_attention_plan_backward(const AttentionShape& shape, const BlockPlan& plan,
+                                       std::span<const int32_t> text_valid, std::span<const float> q,
+                                       std::span<const float> k, std::span<const float> v,
+                                       std::span<const float> grad_out, std::span<float> grad_q,
+                                       std::span<float> grad_k, std::span<float> grad_v,
+                                       const ReferenceOptions& options) {
+  check_shape(shape, q.size(), k.size(), v.size(), grad_q.size(), shape.batch * shape.q_heads * shape.tokens);
+  check_plan(shape, plan, text_valid);
+  const size_t nq = shape.batch * shape.q_heads * shape.tokens * shape.head_dim;
+  const size_t nkv = shape.batch * shape.kv_heads * shape.tokens * shape.head_dim;
+  if (grad_out.size() != nq) throw_argument_error("grad_out", fmt::format("expected {} elements, got {}", nq, grad_out.size()));
+  if (grad_k.size() != nkv) throw_argument_error("grad_k", fmt::format("expected {} elements, got {}", nkv, grad_k.size()));
+  if (grad_v.size() != nkv) throw_argument_error("grad_v", fmt::format("expected {} elements, got {}", nkv, grad_v.size()));
+  const PlanKeys plan_keys(plan, text_valid);
+  if (options.accumulation == Accumulation::fp64)
+    backward<double>(shape, plan_keys, q, k, v, grad_out, grad_q, grad_k, grad_v, options);
+  else
+    backward<float>(shape, plan_keys, q, k, v, grad_out, grad_q, grad_k, grad_v, options);
 }
 
 }  // namespace tileattn

@@ -7,54 +7,12 @@
 //  together with the PV of block j-1, so the softmax of block j runs while the tensor cores finish PV(j-1). An
 //  optional scheduler barrier makes the two consumer warpgroups take turns issuing, so one's softmax overlaps the
 //  other's GEMMs. Only blocks the walker flags as `masked` (edge tiles, partial text) evaluate a mask.
-#include <cute/arch/mma_sm90_gmma.hpp>
-#include <utility>
-
+#include "kernels/sm90/gemm.cuh"
 #include "kernels/sm90/hopper_primitives.cuh"
 #include "kernels/sm90/softmax.cuh"
 #include "kernels/sm90/sta_scheduler.cuh"
 
 namespace tileattn::sm90 {
-
-namespace gmma = cute::SM90::GMMA;
-
-// The wgmma instructions: S = Q K^T (64 x BlockN, both operands K-major in shared memory) and O += P V
-// (64 x HeadDim, P in registers, V MN-major in shared memory).
-template <class Element, int N>
-struct MmaSS;
-template <class Element, int N>
-struct MmaRS;
-#define TILEATTN_GMMA(N)                                                           \
-  template <>                                                                                 \
-  struct MmaSS<__nv_bfloat16, N> {                                                            \
-    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;          \
-  };                                                                                          \
-  template <>                                                                                 \
-  struct MmaSS<__half, N> {                                                                   \
-    using Op = gmma::MMA_64x##N##x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;            \
-  };                                                                                          \
-  template <>                                                                                 \
-  struct MmaRS<__nv_bfloat16, N> {                                                            \
-    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;         \
-  };                                                                                          \
-  template <>                                                                                 \
-  struct MmaRS<__half, N> {                                                                   \
-    using Op = gmma::MMA_64x##N##x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;           \
-  };
-TILEATTN_GMMA(64)
-TILEATTN_GMMA(128)
-TILEATTN_GMMA(192)
-#undef TILEATTN_GMMA
-
-template <class Op, int N, size_t... I>
-__device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
-                                       std::index_sequence<I...>) {
-  Op::fma(a, b, d[I]..., scale);
-}
-template <class Op, int N, size_t... I>
-__device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], std::index_sequence<I...>) {
-  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
-}
 
 template <class Cfg>
 struct Mainloop {
@@ -90,18 +48,8 @@ struct Mainloop {
                  std::make_index_sequence<kHeadDim / 2>{});
   }
 
-  // Probabilities (fp32 accumulator layout) -> A-operand registers of the PV wgmma (same layout, packed pairs).
   static __device__ __forceinline__ void pack_probabilities(const float (&s)[kScores], uint32_t (&p)[kScores / 2]) {
-#pragma unroll
-    for (int i = 0; i < kScores / 2; ++i) {
-      if constexpr (std::is_same_v<Element, __half>) {
-        __half2 h = __floats2half2_rn(s[2 * i], s[2 * i + 1]);
-        p[i] = *reinterpret_cast<uint32_t*>(&h);
-      } else {
-        __nv_bfloat162 h = __floats2bfloat162_rn(s[2 * i], s[2 * i + 1]);
-        p[i] = *reinterpret_cast<uint32_t*>(&h);
-      }
-    }
+    pack_fragment<Element>(s, p);
   }
 
   // Sets the scores of key rows outside the video / the valid text to -inf. Runs only for the few blocks the walker
