@@ -68,12 +68,13 @@ struct Solution {
   double sparsity = 0;            // mean over items
   double mean_error = 0;          // mean over items
   double lambda = 0;              // Lagrange multiplier the budget solver settled on
+  double lower_bound = 0;         // budget solver: no feasible choice has a lower mean error (Lagrangian dual bound)
   int64_t exchanges = 0;          // improving moves made after the Lagrangian step
 };
 
 // Minimises the total error subject to mean sparsity >= target (multiple-choice knapsack): Lagrangian relaxation
 // with bisection on the multiplier, then greedy exchanges (single and paired moves) that lower the error while
-// keeping the budget. error and sparsity are [item][candidate]. Throws ArgumentError naming "--target-sparsity" if the
+// keeping the budget. Also returns the Lagrangian dual lower bound on the optimum (a certificate of the gap). error and sparsity are [item][candidate]. Throws ArgumentError naming "--target-sparsity" if the
 // target is outside [0, 1] or above the largest achievable mean sparsity.
 Solution solve_budget(const std::vector<std::vector<double>>& error, const std::vector<std::vector<double>>& sparsity,
                       double target);

@@ -119,9 +119,9 @@ void check_problem(const Matrix& error, const Matrix& sparsity) {
   }
 }
 
-double sparsity_sum(const Matrix& sparsity, const std::vector<int>& choice) {
+double chosen_sum(const Matrix& values, const std::vector<int>& choice) {  // sum of values[i][choice[i]]
   double sum = 0;
-  for (size_t i = 0; i < choice.size(); ++i) sum += sparsity[i][choice[i]];
+  for (size_t i = 0; i < choice.size(); ++i) sum += values[i][choice[i]];
   return sum;
 }
 
@@ -158,7 +158,7 @@ int64_t exchange(const Matrix& error, const Matrix& sparsity, double target, std
   int64_t moves = 0;
   const int64_t limit = int64_t(n) * int64_t(error[0].size()) * 8 + 64;
   while (moves < limit) {
-    const double slack = sparsity_sum(sparsity, choice) - floor;
+    const double slack = chosen_sum(sparsity, choice) - floor;
     std::vector<Move> denser, sparser;
     Move best_single{0, 0, -1, -1};
     double best_score = 0;
@@ -335,7 +335,7 @@ Solution evaluate_choice(const Matrix& error, const Matrix& sparsity, std::vecto
       throw_argument_error("choice", fmt::format("item {}: candidate {} out of range", i, choice[i]));
     s.mean_error += error[i][choice[i]];
   }
-  s.sparsity = sparsity_sum(sparsity, choice) / double(choice.size());
+  s.sparsity = chosen_sum(sparsity, choice) / double(choice.size());
   s.mean_error /= double(choice.size());
   s.choice = std::move(choice);
   return s;
@@ -352,7 +352,7 @@ Solution solve_budget(const Matrix& error, const Matrix& sparsity, double target
     throw_argument_error("--target-sparsity", fmt::format("{} cannot be reached with these candidates: the sparsest "
                                                           "candidate for every head gives {:.6f}; lower the target or "
                                                           "add narrower candidates", target, max_sum / n));
-  auto feasible = [&](const std::vector<int>& c) { return sparsity_sum(sparsity, c) >= floor; };
+  auto feasible = [&](const std::vector<int>& c) { return chosen_sum(sparsity, c) >= floor; };
   double lambda = 0;
   std::vector<int> choice = lagrangian_choice(error, sparsity, 0.0);
   if (!feasible(choice)) {
@@ -371,10 +371,15 @@ Solution solve_budget(const Matrix& error, const Matrix& sparsity, double target
         choice[i] = int(std::max_element(sparsity[i].begin(), sparsity[i].end()) - sparsity[i].begin());
     }
   }
+  // Lagrangian duality: x_l minimises error - l * sparsity, so every feasible x has
+  // error(x) >= error(x) - l * (sparsity(x) - target) >= error(x_l) - l * (sparsity(x_l) - target)   (sums).
+  const std::vector<int> relaxed = lagrangian_choice(error, sparsity, lambda);
+  const double bound = (chosen_sum(error, relaxed) - lambda * (chosen_sum(sparsity, relaxed) - target * n)) / n;
   const int64_t moves = exchange(error, sparsity, target, choice);
   Solution s = evaluate_choice(error, sparsity, std::move(choice));
   s.lambda = lambda;
   s.exchanges = moves;
+  s.lower_bound = std::min(bound, s.mean_error);
   return s;
 }
 

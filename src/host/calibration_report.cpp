@@ -117,6 +117,7 @@ std::string calibration_report_json(const CalibrationResult& r) {
       {"best_global_at_target", global_json(r, r.best_global_at_target)},
       {"beats_best_global", beats_global(r)},
       {"lambda", r.solution.lambda},
+      {"error_lower_bound", r.rule == CalibrationRule::budget ? json(r.solution.lower_bound) : json(nullptr)},
       {"exchanges", r.solution.exchanges},
       {"device", s.device},
       {"video_shape", triple(s.geometry.video())},
@@ -148,6 +149,9 @@ std::string calibration_report_markdown(const CalibrationResult& r) {
     md += fmt::format("| rule | budget (Lagrangian + exchange, lambda = {:.4g}, {} exchanges) |\n", r.solution.lambda,
                       r.solution.exchanges);
     md += fmt::format("| target sparsity | {:.4f} |\n", r.target_sparsity);
+    md += fmt::format("| optimality | no choice meeting the target has a mean error below {:.4f} (Lagrangian bound): "
+                      "the gap is at most {:.4f} |\n", r.solution.lower_bound,
+                      r.solution.mean_error - r.solution.lower_bound);
   } else {
     md += "| rule | argmin (FastVideo: lowest error per head, full window excluded, no budget) |\n";
   }
