@@ -210,7 +210,7 @@ std::string calibration_heatmap_svg(const CalibrationResult& r) {
       "<text x=\"10\" y=\"20\" font-size=\"14\">Chosen STA windows per (step, layer) x head: sparsity {2:.3f}{3}, "
       "mean rel. L2 {4:.4f}</text>\n<text x=\"10\" y=\"38\" font-size=\"11\">video {5}, tile {6}, grid {7}; colour: "
       "window sparsity (darker = sparser)</text>\n",
-      std::max(width, 560.0), height, r.solution.sparsity,
+      std::max(width, 840.0), height, r.solution.sparsity,
       r.rule == CalibrationRule::budget ? fmt::format(" (target {:.3f})", r.target_sparsity) : std::string(" (argmin)"),
       r.solution.mean_error, to_string(s.geometry.video()), to_string(s.geometry.tile()), to_string(s.geometry.grid()));
   const bool labels = cell >= 40;

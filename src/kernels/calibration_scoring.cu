@@ -1,10 +1,10 @@
 // GPU scoring for calibration (see calibration_scoring.hpp): plain CUDA around sta_forward.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <memory>
+#include <string>
 
 #include "kernels/calibration_scoring.hpp"
 #include "tileattn/error.hpp"
@@ -14,7 +14,8 @@ namespace tileattn::kernels {
 namespace {
 
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw CudaError(fmt::format("calibration scoring: {}: {}", what, cudaGetErrorString(err)));
+  if (err != cudaSuccess)  // no fmt here: nvcc cannot compile its compile-time format checks
+    throw CudaError(std::string("calibration scoring: ") + what + ": " + cudaGetErrorString(err));
 }
 
 struct CudaFree {
@@ -60,7 +61,7 @@ WindowErrors gpu_window_errors(const VideoGeometry& geometry, int64_t batch, int
   const int64_t n = tokens * head_dim, elements = batch * heads * n;
   for (auto span : {q, k, v})
     if (static_cast<int64_t>(span.size()) != elements)
-      throw_argument_error("q", fmt::format("expected {} elements, got {}", elements, span.size()));
+      throw_argument_error("q", "expected " + std::to_string(elements) + " elements, got " + std::to_string(span.size()));
   const size_t bytes = size_t(elements) * 2;
   DevicePtr dq = device_alloc(bytes), dk = device_alloc(bytes), dv = device_alloc(bytes);
   DevicePtr dense = device_alloc(bytes), sparse = device_alloc(bytes);

@@ -55,7 +55,7 @@ def main():
         assert full and full[0]["chosen"] == 0, report["candidates"]
 
         errors = [
-            (["--target-sparsity", "0.99"], "--target-sparsity"),    # beyond the sparsest candidate
+            (["--target-sparsity", "0.99", "--dense-steps", "1"], "--target-sparsity"),  # beyond the sparsest
             ([], "--target-sparsity"),                                # the budget rule needs one
             (["--rule", "argmin", "--target-sparsity", "0.5"], "--target-sparsity"),
             (["--rule", "best"], "--rule"),
