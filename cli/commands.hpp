@@ -24,6 +24,8 @@ struct Workload {
 using Action = std::function<int()>;
 Action add_plan_command(CLI::App& app);
 Action add_bench_command(CLI::App& app);
+Action add_synth_command(CLI::App& app);
+Action add_calibrate_command(CLI::App& app);
 int run_main_job();
 
 // Options of `tileattn bench` (defaults: the hunyuan-720p workload without text).

@@ -1,5 +1,5 @@
 // tileattn: sparse attention for video diffusion transformers. With no arguments, runs the main job on the
-// hunyuan-720p workload (see cmd_main_job.cpp); subcommands: plan, bench.
+// hunyuan-720p workload (see cmd_main_job.cpp); subcommands: plan, bench, synth, calibrate.
 #include <fmt/format.h>
 
 #include "commands.hpp"
@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   auto plan = tileattn::cli::add_plan_command(app);
   auto bench = tileattn::cli::add_bench_command(app);
+  auto synth = tileattn::cli::add_synth_command(app);
+  auto calibrate = tileattn::cli::add_calibrate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -19,6 +21,8 @@ int main(int argc, char** argv) {
   try {
     if (app.got_subcommand("plan")) return plan();
     if (app.got_subcommand("bench")) return bench();
+    if (app.got_subcommand("synth")) return synth();
+    if (app.got_subcommand("calibrate")) return calibrate();
     return tileattn::cli::run_main_job();
   } catch (const tileattn::Error& e) {
     fmt::print(stderr, "tileattn: error: {}\n", e.what());

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: checks, sanitizers and timings on the lent GPU. Binaries come prebuilt in .carry/bin (built on
 # the dev machine by tools/pack_device.sh); results and logs go to $OUT.
-#   tools/device_run.sh [tests] [sanitize] [bench] [sass] [cli]   (default: all)
+#   tools/device_run.sh [tests] [sanitize] [bench] [sass] [cli] [python] [calibrate]   (default: the first five)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/.carry/bin:${LD_LIBRARY_PATH:-}
@@ -30,6 +30,22 @@ for s in $steps; do
         | tee "$OUT/pytest.log" | tail -40) ;;
     cli)
       timeout 400 .carry/bin/tileattn 2>&1 | tee "$OUT/main_job.log" ;;
+    calibrate)
+      # Synthetic captures at the hunyuan-720p shape (2 layers x 2 prompts, bf16, ~2.1 GB each), calibrated on the GPU
+      # at two budgets and with FastVideo's rule; reports in $OUT/calibration/<run>/.
+      cap=/tmp/tileattn_captures; rm -rf "$cap"; mkdir -p "$OUT/calibration"
+      t0=$SECONDS
+      timeout 300 .carry/bin/tileattn synth "$cap" --video 30x48x80 --tile 6x8x8 --text-len 256 --heads 24 \
+        --head-dim 128 --layers 2 --steps 1 --prompts 2 --seed 1 2>&1 | tee "$OUT/calibration/synth.log"
+      echo "synth took $((SECONDS - t0)) s; $(du -sh "$cap" | cut -f1) of captures" | tee -a "$OUT/calibration/synth.log"
+      cands=1x3x3,3x3x3,3x3x5,3x5x5,5x3x5,5x5x5,3x5x7,5x5x9
+      for run in t0.6 t0.8 argmin; do
+        case $run in t*) rule=(--target-sparsity ${run#t}) ;; argmin) rule=(--rule argmin) ;; esac
+        mkdir -p "$OUT/calibration/$run"
+        timeout 400 .carry/bin/tileattn calibrate "$cap" --candidates $cands "${rule[@]}" --device gpu \
+          -o "$OUT/calibration/$run/windows.json" 2>&1 | tee "$OUT/calibration/$run/calibrate.log"
+      done
+      rm -rf "$cap" ;;
     bench)
       timeout 550 python3 bench/bench_sta.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | grep -v Warning ;;
     sass)

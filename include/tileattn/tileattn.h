@@ -52,6 +52,10 @@ int tileattn_sta_forward(const tileattn_sta_forward_args* args, void* cuda_strea
  * (NUL-terminated) into buffer. *needed receives the size the text needs (NUL included); if capacity is smaller the
  * call returns TILEATTN_ERROR_ARGUMENT naming "capacity" and writes nothing: call again with a larger buffer. */
 int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed);
+/* Reads and validates a capture file (safetensors with q, k, v and calibration metadata, see capture.hpp) and writes
+ * a JSON summary into buffer, sized as for tileattn_mask_strategy_read: {"video_shape", "text_len", "step", "layer",
+ * "prompt", "metadata", "shape": [B, heads, S, D], "dtypes": {"q": "BF16", ...}, "l2_norms": {"q": ..., ...}}. */
+int tileattn_capture_inspect(const char* path, char* buffer, int64_t capacity, int64_t* needed);
 /* 1 if this build has the kernels and the current device can run them, else 0. */
 int tileattn_gpu_kernels_available(void);
 const char* tileattn_last_error(void);

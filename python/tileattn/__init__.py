@@ -7,11 +7,12 @@ from ._ffi import LibraryNotFound, TileattnArgumentError, TileattnError, Tileatt
 
 __version__ = "0.1.0"
 __all__ = ["STAConfig", "sta_attention", "tile", "untile", "MaskStrategy", "DenoisingStep",
-           "SlidingTileAttnProcessor", "TileattnError", "TileattnArgumentError", "TileattnFileError",
-           "LibraryNotFound", "library"]
+           "SlidingTileAttnProcessor", "ActivationCapture", "CaptureProcessor", "TileattnError",
+           "TileattnArgumentError", "TileattnFileError", "LibraryNotFound", "library"]
 
 _LAZY = {"STAConfig": "sta", "sta_attention": "sta", "tile": "sta", "untile": "sta", "MaskStrategy": "strategy",
-         "DenoisingStep": "processor", "SlidingTileAttnProcessor": "processor"}
+         "DenoisingStep": "processor", "SlidingTileAttnProcessor": "processor", "ActivationCapture": "capture",
+         "CaptureProcessor": "capture"}
 
 
 def __getattr__(name):  # PEP 562: torch-dependent parts load on first use

@@ -68,9 +68,9 @@ def library():
             lib.tileattn_gpu_kernels_available.restype = ctypes.c_int
             lib.tileattn_abi_version.restype = ctypes.c_int
             lib.tileattn_version.restype = ctypes.c_char_p
-            lib.tileattn_mask_strategy_read.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64,
-                                                        ctypes.POINTER(ctypes.c_int64)]
-            lib.tileattn_mask_strategy_read.restype = ctypes.c_int
+            for fn in (lib.tileattn_mask_strategy_read, lib.tileattn_capture_inspect):
+                fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
+                fn.restype = ctypes.c_int
             if lib.tileattn_abi_version() != ABI_VERSION:
                 raise TileattnError(f"{path} speaks ABI {lib.tileattn_abi_version()}, this package {ABI_VERSION}")
             _lib = lib
@@ -98,13 +98,23 @@ def check(status: int) -> None:
     raise TileattnError(message)
 
 
-def read_mask_strategy_json(path: str) -> str:
-    """The strategy file at `path`, validated by the C++ reader and rewritten in tileattn's JSON format."""
-    lib = library()
+def _json_call(fn, path: str) -> str:
+    """Calls a C function that writes JSON text into a caller-sized buffer (asks for the size first)."""
     needed = ctypes.c_int64(0)
-    status = lib.tileattn_mask_strategy_read(os.fsencode(path), None, 0, ctypes.byref(needed))
+    status = fn(os.fsencode(path), None, 0, ctypes.byref(needed))
     if status != STATUS_ARGUMENT or needed.value <= 0:  # anything but "buffer too small" is a real error
         check(status)
     buffer = ctypes.create_string_buffer(needed.value)
-    check(lib.tileattn_mask_strategy_read(os.fsencode(path), buffer, needed.value, ctypes.byref(needed)))
+    check(fn(os.fsencode(path), buffer, needed.value, ctypes.byref(needed)))
     return buffer.value.decode()
+
+
+def read_mask_strategy_json(path: str) -> str:
+    """The strategy file at `path`, validated by the C++ reader and rewritten in tileattn's JSON format."""
+    return _json_call(library().tileattn_mask_strategy_read, path)
+
+
+def inspect_capture_json(path: str) -> str:
+    """A capture file (see tileattn.capture) validated by the C++ reader: its metadata, shape, dtypes, and the L2 norm
+    of q, k and v as JSON."""
+    return _json_call(library().tileattn_capture_inspect, path)

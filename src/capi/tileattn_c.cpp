@@ -4,9 +4,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "tileattn/capture.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/mask_strategy.hpp"
 #include "tileattn/sta.hpp"
@@ -37,6 +40,23 @@ int guarded(F&& f) {
     g_last_error = "unknown error";
     return TILEATTN_ERROR_INTERNAL;
   }
+}
+
+// The shared shape of the functions that return JSON text: validate, produce, size-check, copy.
+template <class Produce>
+int json_out(const char* path, char* buffer, int64_t capacity, int64_t* needed, const char* what, Produce&& produce) {
+  return guarded([&] {
+    using namespace tileattn;
+    if (path == nullptr) throw_argument_error("path", "is NULL");
+    if (needed == nullptr) throw_argument_error("needed", "is NULL");
+    const std::string text = produce(std::string(path));
+    *needed = static_cast<int64_t>(text.size()) + 1;
+    if (buffer == nullptr || capacity < *needed)
+      throw_argument_error("capacity", fmt::format("{} needs {} bytes, the buffer has {}", what, *needed,
+                                                   buffer == nullptr ? 0 : capacity));
+    std::copy(text.begin(), text.end(), buffer);
+    buffer[text.size()] = '\0';
+  });
 }
 
 tileattn::DeviceTensor tensor(const tileattn_tensor& t) { return {t.data, t.batch_stride, t.head_stride, t.token_stride}; }
@@ -85,17 +105,28 @@ int tileattn_sta_forward(const tileattn_sta_forward_args* a, void* stream) {
 }
 
 int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed) {
-  return guarded([&] {
+  return json_out(path, buffer, capacity, needed, "the normalised strategy", [](const std::string& p) {
+    return tileattn::dump_mask_strategy(tileattn::read_mask_strategy(p), tileattn::MaskStrategyFormat::tileattn);
+  });
+}
+
+int tileattn_capture_inspect(const char* path, char* buffer, int64_t capacity, int64_t* needed) {
+  return json_out(path, buffer, capacity, needed, "the capture summary", [](const std::string& p) {
     using namespace tileattn;
-    if (path == nullptr) throw_argument_error("path", "is NULL");
-    if (needed == nullptr) throw_argument_error("needed", "is NULL");
-    const std::string text = dump_mask_strategy(read_mask_strategy(path), MaskStrategyFormat::tileattn);
-    *needed = static_cast<int64_t>(text.size()) + 1;
-    if (buffer == nullptr || capacity < *needed)
-      throw_argument_error("capacity", fmt::format("the normalised strategy needs {} bytes, the buffer has {}", *needed,
-                                                   buffer == nullptr ? 0 : capacity));
-    std::copy(text.begin(), text.end(), buffer);
-    buffer[text.size()] = '\0';
+    const CaptureInfo info = read_capture_info(p);
+    nlohmann::json dtypes, norms;
+    for (int i = 0; i < 3; ++i) {
+      double sum = 0;
+      for (float x : load_capture_tensor(info, i)) sum += double(x) * x;
+      dtypes[kCaptureTensorNames[i]] = to_string(info.dtype[i]);
+      norms[kCaptureTensorNames[i]] = std::sqrt(sum);
+    }
+    nlohmann::json doc = {{"video_shape", {info.video.t, info.video.h, info.video.w}}, {"text_len", info.text_len},
+                          {"step", info.step}, {"layer", info.layer}, {"prompt", info.prompt},
+                          {"metadata", info.metadata},
+                          {"shape", {info.batch, info.heads, info.tokens, info.head_dim}},
+                          {"dtypes", dtypes}, {"l2_norms", norms}};
+    return doc.dump();
   });
 }
 

@@ -3,12 +3,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
-#include <thread>
 #include <vector>
 
+#include "host/parallel_for.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/reference.hpp"
 
@@ -32,20 +31,6 @@ void check_shape(const AttentionShape& s, size_t q, size_t k, size_t v, size_t o
   expect("v", v, nkv);
   expect("out", out, nq);
   expect("lse", lse, s.batch * s.q_heads * s.tokens);
-}
-
-// Runs body(i) for i in [0, count) on `threads` threads.
-template <class Body>
-void parallel_for(int64_t count, int threads, Body&& body) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  threads = static_cast<int>(std::min<int64_t>(threads, count));
-  std::atomic<int64_t> next{0};
-  auto worker = [&] {
-    for (int64_t i; (i = next.fetch_add(1)) < count;) body(i);
-  };
-  if (threads <= 1) return worker();
-  std::vector<std::jthread> pool;
-  for (int t = 0; t < threads; ++t) pool.emplace_back(worker);
 }
 
 // Softmax attention of one query row over the listed keys.
@@ -103,7 +88,7 @@ struct Problem {
 
 template <class RowsOfTask>
 void run(const Problem& p, int64_t tasks, RowsOfTask&& rows_of_task) {
-  parallel_for(tasks, p.options.threads, [&](int64_t task) {
+  detail::parallel_for(tasks, p.options.threads, [&](int64_t task) {
     std::vector<float> scratch32;
     std::vector<double> scratch64;
     rows_of_task(task, [&](int64_t b, int64_t h, int64_t query, std::span<const int64_t> keys) {
@@ -303,11 +288,11 @@ void backward(const AttentionShape& shape, const PlanKeys& plan_keys, std::span<
   const Acc scale = o.scale != 0.0f ? Acc(o.scale) : Acc(1) / std::sqrt(static_cast<Acc>(shape.head_dim));
   const int64_t rows = shape.batch * shape.q_heads * shape.tokens, nb = plan_keys.plan.partition().num_blocks();
   BackwardProblem<Acc> p{shape, plan_keys, q, k, v, grad_out, scale, std::vector<Acc>(rows), std::vector<Acc>(rows)};
-  parallel_for(shape.batch * shape.q_heads * nb, o.threads, [&](int64_t task) {
+  detail::parallel_for(shape.batch * shape.q_heads * nb, o.threads, [&](int64_t task) {
     p.query_pass(task / (shape.q_heads * nb), (task / nb) % shape.q_heads, task % nb, grad_q);
   });
   const BlockPlan::Transpose transpose = plan_keys.plan.transpose();
-  parallel_for(shape.batch * shape.kv_heads * nb, o.threads, [&](int64_t task) {
+  detail::parallel_for(shape.batch * shape.kv_heads * nb, o.threads, [&](int64_t task) {
     p.key_pass(task / (shape.kv_heads * nb), (task / nb) % shape.kv_heads, task % nb, transpose, grad_k, grad_v);
   });
 }
