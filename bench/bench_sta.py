@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""STA forward benchmark, hunyuan-720p (B=1, 24 heads, 30x48x80, tile 6x8x8, D=128, bf16), in ONE run on the same
+"""STA forward (and with --backward, backward) benchmark, hunyuan-720p (B=1, 24 heads, 30x48x80, tile 6x8x8, D=128, bf16), in ONE run on the same
 inputs: tileattn STA at several windows and dense (same kernel), cuDNN SDPA dense, FlexAttention with the same STA
 block mask (full 128x128 blocks, no mask_mod, tile-major tokens as in ../shared/ANCHORS.md). CUDA events, median of
 --reps after --warmup. Checks tileattn against FlexAttention (relative L2) on the same inputs. Writes
 <out>/<gpu>-hunyuan-720p.json with every time in ms, TFLOP/s and ratios.
 
-Usage: python3 bench/bench_sta.py --out bench/results [--reps 10] [--texts 0,256]
+Backward (text 0): tileattn STA 3x3x3 / 5x5x5 (fast and deterministic dQ), cuDNN SDPA dense backward and
+FlexAttention STA backward, each timed as torch.autograd.grad of a retained graph (the backward alone).
+
+Usage: python3 bench/bench_sta.py --out bench/results [--reps 10] [--texts 0,256] [--backward]
 """
 import argparse
 import datetime
@@ -109,6 +112,48 @@ def gpu_state():
         return None, None
 
 
+BACKWARD_WINDOWS = ("3x3x3", "5x5x5")
+
+
+def backward_methods(res, flex):
+    """(key, fn, window, text) for backward timings at text 0: each fn is torch.autograd.grad of a retained graph,
+    so only the backward kernels run. Also checks tileattn's gradients against FlexAttention's on the same inputs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    S = math.prod(VIDEO)
+    q, k, v = (torch.randn(1, HEADS, S, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(1, HEADS, S, D, device="cuda", dtype=torch.bfloat16)
+    order = _tile_major_order(VIDEO, TILE, 0, q.device)
+
+    def grad_of(out, inputs, upstream, deterministic=False):
+        def fn():
+            torch.use_deterministic_algorithms(deterministic)
+            try:
+                return torch.autograd.grad(out, inputs, upstream, retain_graph=True)
+            finally:
+                torch.use_deterministic_algorithms(False)
+        return fn
+
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        dense_out = F.scaled_dot_product_attention(q, k, v)
+    methods = [("cudnn_dense_bwd_ms", grad_of(dense_out, (q, k, v), grad_out), None, 0)]
+    for label in BACKWARD_WINDOWS:
+        w = WINDOWS[label]
+        out = tileattn.sta_attention(q, k, v, VIDEO, window=w)
+        methods.append((f"tileattn_sta_{label}_bwd_ms", grad_of(out, (q, k, v), grad_out), w, 0))
+        methods.append((f"tileattn_sta_{label}_bwd_deterministic_ms", grad_of(out, (q, k, v), grad_out, True), w, 0))
+        if flex is not None:
+            qt, kt, vt = (x.detach().index_select(2, order).requires_grad_(True) for x in (q, k, v))
+            flex_out = flex(qt, kt, vt, block_mask=flex_block_mask(w, 0, q.device))
+            # Same loss on both sides: the upstream gradient in tile-major order for FlexAttention.
+            flex_fn = grad_of(flex_out, (qt, kt, vt), grad_out.index_select(2, order))
+            g_flex, g_ours = flex_fn(), grad_of(out, (q, k, v), grad_out)()
+            for name, a, b in zip("qkv", g_ours, g_flex):
+                res[f"check_sta_{label}_bwd_d{name}_vs_flex_rel_l2"] = rel_l2(a.index_select(2, order), b)
+            del g_flex, g_ours
+            methods.append((f"flex_sta_{label}_bwd_ms", flex_fn, w, 0))
+    return methods
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/results")
@@ -116,6 +161,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--texts", default="0,256")
     p.add_argument("--no-flex", action="store_true")
+    p.add_argument("--backward", action="store_true", help="also time backward passes (text 0)")
     a = p.parse_args()
     torch.manual_seed(0)
     name = torch.cuda.get_device_name()
@@ -164,6 +210,8 @@ def main():
                 res[f"check_sta_{label}_vs_flex_rel_l2{sfx}"] = rel_l2(ours(w)().index_select(2, order), ref)
                 del ref
                 methods.append((f"flex_sta_{label}_fwd_ms{sfx}", fn, w, text))
+    if a.backward:
+        methods += backward_methods(res, flex)
     for key, fn, _, _ in methods:  # warm-up (and FlexAttention compilation)
         timed(fn, a.warmup, 1)
     times = {key: [] for key, *_ in methods}
@@ -179,7 +227,8 @@ def main():
     for key, fn, w, text in methods:
         ms = sorted(times[key])[len(times[key]) // 2]
         res[key] = round(ms, 3)
-        res[key.replace("_ms", "_tflops")] = round(4 * D * HEADS * visited_pairs(w, text) / (ms * 1e9), 1)
+        gemm_flops = 10 if "_bwd" in key else 4  # backward: 5 GEMMs over the visited pairs, forward 2
+        res[key.replace("_ms", "_tflops")] = round(gemm_flops * D * HEADS * visited_pairs(w, text) / (ms * 1e9), 1)
     if clocks:
         res["sm_clock_mhz_min_median_max"] = [min(clocks), sorted(clocks)[len(clocks) // 2], max(clocks)]
         res["power_w_min_median_max"] = [round(min(powers)), round(sorted(powers)[len(powers) // 2]), round(max(powers))]
@@ -195,6 +244,12 @@ def main():
         nat, tm = res.get(f"tileattn_sta_3x3x3_fwd_ms{sfx}"), res.get(f"tileattn_sta_3x3x3_tilemajor_fwd_ms{sfx}")
         if nat and tm:
             res[f"natural_order_overhead_3x3x3{sfx}"] = round(nat / tm - 1, 4)
+    for label in BACKWARD_WINDOWS:
+        ours = res.get(f"tileattn_sta_{label}_bwd_ms")
+        if ours:
+            res[f"tileattn_sta_{label}_bwd_speedup_vs_cudnn_dense"] = round(res["cudnn_dense_bwd_ms"] / ours, 2)
+            if f"flex_sta_{label}_bwd_ms" in res:
+                res[f"tileattn_sta_{label}_bwd_speedup_vs_flex"] = round(res[f"flex_sta_{label}_bwd_ms"] / ours, 2)
     width = max(len(k) for k in res)
     for key, value in res.items():
         print(f"  {key:<{width}} {value}")

@@ -48,6 +48,20 @@ typedef struct tileattn_sta_forward_args {
 } tileattn_sta_forward_args;
 
 int tileattn_sta_forward(const tileattn_sta_forward_args* args, void* cuda_stream);
+
+/* STA backward: dQ, dK, dV of the forward call described by `forward` (its `out` is the forward output, its `lse`
+ * the forward LSE, required). See tileattn::sta_backward in sta.hpp. */
+typedef struct tileattn_sta_backward_args {
+  tileattn_sta_forward_args forward;
+  tileattn_tensor grad_out, grad_q, grad_k, grad_v;
+  void* workspace;         /* device, 256-byte aligned, tileattn_sta_backward_workspace_bytes bytes */
+  int64_t workspace_bytes;
+  int32_t deterministic;   /* 1: bitwise reproducible dQ (slower) */
+  int32_t reserved;
+} tileattn_sta_backward_args;
+
+int tileattn_sta_backward_workspace_bytes(const tileattn_sta_forward_args* forward, int64_t* bytes);
+int tileattn_sta_backward(const tileattn_sta_backward_args* args, void* cuda_stream);
 /* Reads a mask-strategy file (FastVideo's format or tileattn's), validates it, and writes it in tileattn's JSON format
  * (NUL-terminated) into buffer. *needed receives the size the text needs (NUL included); if capacity is smaller the
  * call returns TILEATTN_ERROR_ARGUMENT naming "capacity" and writes nothing: call again with a larger buffer. */

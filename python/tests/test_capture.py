@@ -83,8 +83,8 @@ def test_wrong_length_calls_are_not_captured(tmp_path):
 def test_cpp_reader_rejects_a_truncated_capture(tmp_path):
     _library_or_skip()
     capture = tileattn.ActivationCapture(tmp_path, video_shape=(2, 2, 2), text_len=0)
-    q = torch.randn(1, 2, 8, 16)
-    path = capture.save(0, q, q, q)
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    path = capture.save(0, q, k, v)
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-16])
     with pytest.raises(tileattn.TileattnFileError, match="truncated"):

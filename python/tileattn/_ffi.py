@@ -31,6 +31,13 @@ class StaForwardArgs(ctypes.Structure):
     ]
 
 
+class StaBackwardArgs(ctypes.Structure):
+    _fields_ = [("forward", StaForwardArgs),
+                ("grad_out", Tensor), ("grad_q", Tensor), ("grad_k", Tensor), ("grad_v", Tensor),
+                ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_int64),
+                ("deterministic", ctypes.c_int32), ("reserved", ctypes.c_int32)]
+
+
 class TileattnError(RuntimeError):
     """A call into libtileattn failed; the message names the argument or the CUDA problem."""
 
@@ -64,6 +71,11 @@ def library():
             lib = ctypes.CDLL(str(path))
             lib.tileattn_sta_forward.argtypes = [ctypes.POINTER(StaForwardArgs), ctypes.c_void_p]
             lib.tileattn_sta_forward.restype = ctypes.c_int
+            lib.tileattn_sta_backward.argtypes = [ctypes.POINTER(StaBackwardArgs), ctypes.c_void_p]
+            lib.tileattn_sta_backward.restype = ctypes.c_int
+            lib.tileattn_sta_backward_workspace_bytes.argtypes = [ctypes.POINTER(StaForwardArgs),
+                                                                  ctypes.POINTER(ctypes.c_int64)]
+            lib.tileattn_sta_backward_workspace_bytes.restype = ctypes.c_int
             lib.tileattn_last_error.restype = ctypes.c_char_p
             lib.tileattn_gpu_kernels_available.restype = ctypes.c_int
             lib.tileattn_abi_version.restype = ctypes.c_int

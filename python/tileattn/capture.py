@@ -68,6 +68,11 @@ class ActivationCapture:
         tensors = {"q": host(q), "k": host(k), "v": host(v)}
         if len({t.dtype for t in tensors.values()}) != 1:
             tensors = {name: t.float() for name, t in tensors.items()}
+        seen = set()  # safetensors refuses tensors that share memory (e.g. k is v): give each its own copy
+        for name, t in tensors.items():
+            if t.data_ptr() in seen:
+                tensors[name] = t.clone()
+            seen.add(tensors[name].data_ptr())
         metadata = {"video_shape": "x".join(str(x) for x in self.video_shape), "text_len": str(self.text_len),
                     "step": str(self.step.step), "layer": str(layer), "prompt": self.prompt}
         path = self.path(layer)

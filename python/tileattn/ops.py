@@ -1,6 +1,8 @@
-"""The STA forward as a PyTorch custom operator (torch.library): torch.compile(fullgraph=True) traces through it via
-its fake implementation, it runs on the current CUDA stream and allocates only through PyTorch, so it can be captured
-in a CUDA graph. Backward raises until the backward kernel exists."""
+"""The STA forward and backward as PyTorch custom operators (torch.library): torch.compile(fullgraph=True) traces
+through them via their fake implementations, they run on the current CUDA stream and allocate only through PyTorch
+(the backward's workspace included), so they can be captured in a CUDA graph. Autograd: the forward saves q, k, v,
+O and LSE; the backward runs tileattn's STA backward kernels (deterministic dQ when
+torch.use_deterministic_algorithms(True) is on)."""
 from __future__ import annotations
 
 import ctypes
@@ -18,14 +20,8 @@ def _tensor_desc(t: torch.Tensor) -> _ffi.Tensor:
     return _ffi.Tensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
 
 
-@torch.library.custom_op("tileattn::sta_forward", mutates_args=(), device_types="cuda")
-def sta_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_valid: Optional[torch.Tensor],
-                video_shape: List[int], tile: List[int], windows: List[int], text_len: int, layout: str,
-                scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """O [B, Hq, S, D] and the fp32 log-sum-exp [B, Hq, S]. `windows`: flattened (wt, wh, ww) triples, one per query
-    head or a single one; empty = dense."""
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+def _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale):
+    """The C ABI's forward description; returns it with the window array it points into (keep both alive)."""
     win = (ctypes.c_int64 * max(1, len(windows)))(*windows)
     a = _ffi.StaForwardArgs()
     a.abi_version = _ffi.ABI_VERSION
@@ -41,6 +37,18 @@ def sta_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_valid: O
     a.windows = ctypes.cast(win, ctypes.POINTER(ctypes.c_int64))
     a.num_windows = len(windows) // 3
     a.scale = scale
+    return a, win
+
+
+@torch.library.custom_op("tileattn::sta_forward", mutates_args=(), device_types="cuda")
+def sta_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_valid: Optional[torch.Tensor],
+                video_shape: List[int], tile: List[int], windows: List[int], text_len: int, layout: str,
+                scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """O [B, Hq, S, D] and the fp32 log-sum-exp [B, Hq, S]. `windows`: flattened (wt, wh, ww) triples, one per query
+    head or a single one; empty = dense."""
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    a, _win = _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale)
     stream = torch.cuda.current_stream(q.device).cuda_stream
     with torch.cuda.device(q.device):
         _ffi.check(_ffi.library().tileattn_sta_forward(ctypes.byref(a), ctypes.c_void_p(stream)))
@@ -52,15 +60,62 @@ def _sta_forward_fake(q, k, v, text_valid, video_shape, tile, windows, text_len,
     return torch.empty(q.shape, dtype=q.dtype, device=q.device), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
+    """grad_out as the kernels take it: head_dim contiguous, strides multiples of 8 elements (16-byte TMA rows).
+    Autograd may hand over expanded or oddly strided gradients; those are copied."""
+    if t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:3]) and t.data_ptr() % 16 == 0:
+        return t
+    return t.contiguous()
+
+
+@torch.library.custom_op("tileattn::sta_backward", mutates_args=(), device_types="cuda")
+def sta_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, text_valid: Optional[torch.Tensor], video_shape: List[int], tile: List[int],
+                 windows: List[int], text_len: int, layout: str, scale: float,
+                 deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV (shapes and strides of q, k, v; dK/dV summed over each GQA group) for upstream gradient grad_out
+    of the forward call that produced `out` and `lse`."""
+    grad_out = _kernel_ready(grad_out)
+    dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+    fwd, _win = _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale)
+    lib = _ffi.library()
+    needed = ctypes.c_int64(0)
+    with torch.cuda.device(q.device):
+        _ffi.check(lib.tileattn_sta_backward_workspace_bytes(ctypes.byref(fwd), ctypes.byref(needed)))
+        workspace = torch.empty(max(needed.value, 1), dtype=torch.uint8, device=q.device)
+        a = _ffi.StaBackwardArgs()
+        a.forward = fwd
+        a.grad_out, a.grad_q, a.grad_k, a.grad_v = (_tensor_desc(t) for t in (grad_out, dq, dk, dv))
+        a.workspace, a.workspace_bytes = workspace.data_ptr(), needed.value
+        a.deterministic = int(deterministic)
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        _ffi.check(lib.tileattn_sta_backward(ctypes.byref(a), ctypes.c_void_p(stream)))
+    return dq, dk, dv
+
+
+@sta_backward.register_fake
+def _sta_backward_fake(grad_out, q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale,
+                       deterministic):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 def _setup_context(ctx, inputs, output):
-    pass
+    q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, text_valid)  # O and LSE: all the backward needs besides the inputs
+    ctx.config = (list(video_shape), list(tile), list(windows), int(text_len), layout, float(scale))
+    ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    raise NotImplementedError(
-        "tileattn.sta_attention: the STA backward pass is not supported yet (the backward kernel is tracked as "
-        "issue #6). For training use F.scaled_dot_product_attention with an explicit mask, or run tileattn under "
-        "torch.no_grad() for inference.")
+    # lse is marked non-differentiable, so grad_lse carries nothing.
+    q, k, v, out, lse, text_valid = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None, None, None, None, None, None
+    # torch.use_deterministic_algorithms(True) selects the bitwise-reproducible dQ accumulation.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    dq, dk, dv = sta_backward(grad_out, q, k, v, out, lse, text_valid, *ctx.config, deterministic)
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 sta_forward.register_autograd(_backward, setup_context=_setup_context)

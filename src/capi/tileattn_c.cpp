@@ -65,42 +65,78 @@ tileattn::DeviceTensor tensor(const tileattn_tensor& t) { return {t.data, t.batc
 
 extern "C" {
 
+namespace {
+
+// The C struct as StaForwardArgs; `windows` holds the window storage the result points into.
+tileattn::StaForwardArgs forward_args(const tileattn_sta_forward_args* a, std::vector<tileattn::Window>& windows) {
+  using namespace tileattn;
+  if (a == nullptr) throw_argument_error("args", "is NULL");
+  if (a->abi_version != TILEATTN_ABI_VERSION)
+    throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
+                                                    a->abi_version));
+  if (a->dtype != TILEATTN_BF16 && a->dtype != TILEATTN_FP16)
+    throw_argument_error("dtype", fmt::format("must be TILEATTN_BF16 (0) or TILEATTN_FP16 (1), got {}", a->dtype));
+  if (a->layout != TILEATTN_NATURAL && a->layout != TILEATTN_TILE_MAJOR)
+    throw_argument_error("layout", fmt::format("must be TILEATTN_NATURAL (0) or TILEATTN_TILE_MAJOR (1), got {}",
+                                               a->layout));
+  if (a->num_windows < 0 || (a->num_windows > 0 && a->windows == nullptr))
+    throw_argument_error("windows", fmt::format("num_windows = {} needs a non-NULL array", a->num_windows));
+  windows.resize(static_cast<size_t>(a->num_windows));
+  for (int64_t i = 0; i < a->num_windows; ++i)
+    windows[i] = {a->windows[3 * i], a->windows[3 * i + 1], a->windows[3 * i + 2]};
+  StaForwardArgs args;
+  args.dtype = static_cast<DType>(a->dtype);
+  args.batch = a->batch;
+  args.q_heads = a->q_heads;
+  args.kv_heads = a->kv_heads;
+  args.head_dim = a->head_dim;
+  args.video = {a->video[0], a->video[1], a->video[2]};
+  args.tile = {a->tile[0], a->tile[1], a->tile[2]};
+  args.text_len = a->text_len;
+  args.layout = static_cast<TokenLayout>(a->layout);
+  args.q = tensor(a->q);
+  args.k = tensor(a->k);
+  args.v = tensor(a->v);
+  args.out = tensor(a->out);
+  args.lse = a->lse;
+  args.text_valid = a->text_valid;
+  args.windows = windows;
+  args.scale = a->scale;
+  return args;
+}
+
+}  // namespace
+
 int tileattn_sta_forward(const tileattn_sta_forward_args* a, void* stream) {
+  return guarded([&] {
+    std::vector<tileattn::Window> windows;
+    tileattn::sta_forward(forward_args(a, windows), static_cast<tileattn::StreamHandle>(stream));
+  });
+}
+
+int tileattn_sta_backward_workspace_bytes(const tileattn_sta_forward_args* forward, int64_t* bytes) {
+  return guarded([&] {
+    if (bytes == nullptr) tileattn::throw_argument_error("bytes", "is NULL");
+    std::vector<tileattn::Window> windows;
+    *bytes = tileattn::sta_backward_workspace_bytes(forward_args(forward, windows));
+  });
+}
+
+int tileattn_sta_backward(const tileattn_sta_backward_args* a, void* stream) {
   return guarded([&] {
     using namespace tileattn;
     if (a == nullptr) throw_argument_error("args", "is NULL");
-    if (a->abi_version != TILEATTN_ABI_VERSION)
-      throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
-                                                      a->abi_version));
-    if (a->dtype != TILEATTN_BF16 && a->dtype != TILEATTN_FP16)
-      throw_argument_error("dtype", fmt::format("must be TILEATTN_BF16 (0) or TILEATTN_FP16 (1), got {}", a->dtype));
-    if (a->layout != TILEATTN_NATURAL && a->layout != TILEATTN_TILE_MAJOR)
-      throw_argument_error("layout", fmt::format("must be TILEATTN_NATURAL (0) or TILEATTN_TILE_MAJOR (1), got {}",
-                                                 a->layout));
-    if (a->num_windows < 0 || (a->num_windows > 0 && a->windows == nullptr))
-      throw_argument_error("windows", fmt::format("num_windows = {} needs a non-NULL array", a->num_windows));
-    std::vector<Window> windows(static_cast<size_t>(a->num_windows));
-    for (int64_t i = 0; i < a->num_windows; ++i)
-      windows[i] = {a->windows[3 * i], a->windows[3 * i + 1], a->windows[3 * i + 2]};
-    StaForwardArgs args;
-    args.dtype = static_cast<DType>(a->dtype);
-    args.batch = a->batch;
-    args.q_heads = a->q_heads;
-    args.kv_heads = a->kv_heads;
-    args.head_dim = a->head_dim;
-    args.video = {a->video[0], a->video[1], a->video[2]};
-    args.tile = {a->tile[0], a->tile[1], a->tile[2]};
-    args.text_len = a->text_len;
-    args.layout = static_cast<TokenLayout>(a->layout);
-    args.q = tensor(a->q);
-    args.k = tensor(a->k);
-    args.v = tensor(a->v);
-    args.out = tensor(a->out);
-    args.lse = a->lse;
-    args.text_valid = a->text_valid;
-    args.windows = windows;
-    args.scale = a->scale;
-    sta_forward(args, static_cast<StreamHandle>(stream));
+    std::vector<Window> windows;
+    StaBackwardArgs args;
+    args.forward = forward_args(&a->forward, windows);
+    args.grad_out = tensor(a->grad_out);
+    args.grad_q = tensor(a->grad_q);
+    args.grad_k = tensor(a->grad_k);
+    args.grad_v = tensor(a->grad_v);
+    args.workspace = a->workspace;
+    args.workspace_bytes = a->workspace_bytes;
+    args.deterministic = a->deterministic != 0;
+    sta_backward(args, static_cast<StreamHandle>(stream));
   });
 }
 
