@@ -45,9 +45,10 @@ for s in $steps; do
         timeout 400 .carry/bin/tileattn calibrate "$cap" --candidates $cands "${rule[@]}" --device gpu \
           -o "$OUT/calibration/$run/windows.json" 2>&1 | tee "$OUT/calibration/$run/calibrate.log"
       done
-      rm -rf "$cap" ;;
+      rm -rf "$cap"
+      tar -C "$OUT" -czf "$OUT/calibration.tar.gz" calibration && rm -rf "$OUT/calibration" ;;  # one file comes back
     bench)
-      timeout 550 python3 bench/bench_sta.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | grep -v Warning ;;
+      timeout 550 python3 bench/bench_sta.py --out "$OUT" --backward 2>&1 | tee "$OUT/bench.log" | grep -v Warning ;;
     sass)
       cuobjdump --dump-sass .carry/bin/libtileattn.so > "$OUT/sass.txt" 2>&1
       grep -oE "HGMMA\.[0-9A-Za-z.]+|UTMALDG\.[0-9A-Z.]+|UTMASTG\.[0-9A-Z.]+|SYNCS\.[A-Z.]+|USETMAXREG[.A-Z]*|LDL|STL" \
