@@ -160,6 +160,17 @@ TEST_F(StaBackwardGpu, SmallFixedShapes) {
   for (size_t i = 0; i < cases.size(); ++i) expect_matches_reference(cases[i], i, i < 3);
 }
 
+// Small enough for compute-sanitizer (memcheck, racecheck, synccheck run it in tools/device_run.sh): partial tiles
+// with text and text_valid, GQA with per-head windows, head dim 64 fp16, tile-major.
+TEST_F(StaBackwardGpu, SanitizerSubset) {
+  const std::vector<Case> cases = {
+      {.name = "partial + text + text_valid", .batch = 2, .q_heads = 2, .kv_heads = 1, .video = {7, 9, 17},
+       .text_len = 77, .windows = {{1, 1, 1}, {2, 2, 3}}, .text_valid = {5, 77}},
+      {.name = "D64 fp16 tile-major", .head_dim = 64, .video = {12, 16, 16}, .text_len = 130, .windows = {{1, 1, 1}},
+       .layout = TokenLayout::tile_major, .dtype = DType::fp16}};
+  for (size_t i = 0; i < cases.size(); ++i) expect_matches_reference(cases[i], 500 + i, true);
+}
+
 TEST_F(StaBackwardGpu, RandomizedShapes) {
   std::mt19937_64 rng(test_seed() + 7);
   for (int trial = 0; trial < 16; ++trial) expect_matches_reference(random_case(rng, "random #" + std::to_string(trial)), 100 + trial);

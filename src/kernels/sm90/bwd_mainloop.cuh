@@ -201,6 +201,9 @@ struct BackwardMainloop {
       fence_registers(pb);
       fence_registers(dsb);
       fence_registers(dq);
+      // This warp is done with the stage (its lanes read LSE and dsum with ordinary loads): order every lane's reads
+      // before the release that lets the producer overwrite the stage.
+      __syncwarp();
       if (lane == 0) mbarrier_arrive(&sm.q_empty[stage]);
       const int64_t chunk =
           (int64_t(p.batch_offset + kb.batch) * p.q_heads + step.head) * p.num_query_blocks + step.qblock;
