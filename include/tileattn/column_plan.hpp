@@ -102,6 +102,10 @@ class ColumnPlan {
   friend bool operator==(const ColumnPlan&, const ColumnPlan&) = default;
 
  private:
+  // Validates, naming `indices_argument` for bad groups (the public constructor: "indices").
+  ColumnPlan(ColumnPlanShape shape, std::vector<int64_t> offsets, std::vector<int32_t> indices,
+             const char* indices_argument);
+
   ColumnPlanShape shape_;
   std::vector<int64_t> offsets_;
   std::vector<int32_t> indices_;

@@ -17,7 +17,8 @@ std::span<const double> ColumnMass::row(int64_t head, int64_t query_block) const
   if (head < 0 || head >= shape.heads)
     throw_argument_error("head", fmt::format("must be in [0, {}), got {}", shape.heads, head));
   if (query_block < 0 || query_block >= shape.num_query_blocks())
-    throw_argument_error("query_block", fmt::format("must be in [0, {}), got {}", shape.num_query_blocks(), query_block));
+    throw_argument_error("query_block",
+                         fmt::format("must be in [0, {}), got {}", shape.num_query_blocks(), query_block));
   const int64_t ng = shape.num_key_groups();
   return std::span<const double>(mass).subspan((head * shape.num_query_blocks() + query_block) * ng, ng);
 }
@@ -62,7 +63,8 @@ namespace {
 void check_selection(const ColumnPlanShape& shape, const ColumnSelection& sel) {
   if (sel.rule == SelectionRule::top_p && !(sel.p > 0.0 && sel.p <= 1.0))
     throw_argument_error("p", fmt::format("must be in (0, 1], got {}", sel.p));
-  if (sel.rule == SelectionRule::top_k && sel.k < 0) throw_argument_error("k", fmt::format("must be >= 0, got {}", sel.k));
+  if (sel.rule == SelectionRule::top_k && sel.k < 0)
+    throw_argument_error("k", fmt::format("must be >= 0, got {}", sel.k));
   if (sel.rule == SelectionRule::threshold && !(sel.threshold >= 0.0))
     throw_argument_error("threshold", fmt::format("must be >= 0, got {}", sel.threshold));
   if (sel.rule == SelectionRule::target_sparsity && !(sel.target_sparsity >= 0.0 && sel.target_sparsity < 1.0))
@@ -132,8 +134,8 @@ ColumnPlan select_columns(const ColumnMass& m, const ColumnSelection& sel) {
   const ColumnPlanShape& s = m.shape;
   s.validate();
   if (static_cast<int64_t>(m.mass.size()) != s.num_rows() * s.num_key_groups())
-    throw_argument_error("mass", fmt::format("expected {} entries, got {}", s.num_rows() * s.num_key_groups(),
-                                             m.mass.size()));
+    throw_argument_error("mass",
+                         fmt::format("expected {} entries, got {}", s.num_rows() * s.num_key_groups(), m.mass.size()));
   check_selection(s, sel);
   const int64_t nq = s.num_query_blocks();
   std::vector<std::vector<int32_t>> rows(s.num_rows());

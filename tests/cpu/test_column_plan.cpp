@@ -4,10 +4,10 @@
 #include <cmath>
 #include <random>
 
+#include "test_util.hpp"
 #include "tileattn/column_plan.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/reference.hpp"
-#include "test_util.hpp"
 
 using namespace tileattn;
 using namespace tileattn::testing;
@@ -124,7 +124,8 @@ TEST(ColumnPlan, FixedCapacityRoundTrip) {
     ASSERT_EQ(static_cast<int64_t>(roomy.table.size()), s.num_rows() * roomy.capacity);
     for (int64_t r = 0; r < s.num_rows(); ++r) {
       EXPECT_EQ(roomy.counts[r], plan.offsets()[r + 1] - plan.offsets()[r]);
-      for (int64_t slot = roomy.counts[r]; slot < roomy.capacity; ++slot) EXPECT_EQ(roomy.table[r * roomy.capacity + slot], -1);
+      for (int64_t slot = roomy.counts[r]; slot < roomy.capacity; ++slot)
+        EXPECT_EQ(roomy.table[r * roomy.capacity + slot], -1);
     }
     EXPECT_EQ(ColumnPlan::from_fixed(roomy), plan);
     if (plan.max_row_length() > 0) expect_argument_error([&] { plan.to_fixed(plan.max_row_length() - 1); }, "capacity");
@@ -181,10 +182,16 @@ TEST(ColumnPlan, BlockMaskRoundTrip) {
     // A block-aligned plan survives plan -> block mask -> plan.
     EXPECT_EQ(ColumnPlan::from_block_mask(plan.to_block_mask(m.block_rows, m.block_cols), M, N), plan);
   }
-  expect_argument_error([] { ColumnPlan::from_block_mask({64, 1, 48, 8, std::vector<uint8_t>(8, 1)}, 32, 1); },
-                        "query_block");
-  expect_argument_error([] { ColumnPlan::from_block_mask({64, 1, 64, 8, std::vector<uint8_t>(8, 1)}, 32, 3); },
-                        "key_group");
+  expect_argument_error(
+      [] {
+        ColumnPlan::from_block_mask({64, 1, 48, 8, std::vector<uint8_t>(8, 1)}, 32, 1);
+      },
+      "query_block");
+  expect_argument_error(
+      [] {
+        ColumnPlan::from_block_mask({64, 1, 64, 8, std::vector<uint8_t>(8, 1)}, 32, 3);
+      },
+      "key_group");
   expect_argument_error([] { ColumnPlan::from_block_mask({64, 1, 64, 8, std::vector<uint8_t>(7, 1)}, 32, 4); }, "mask");
 }
 
@@ -213,9 +220,8 @@ TEST(ColumnPlan, CoverOfBlockPlanIsTheSmallestSuperset) {
     std::vector<char> bits(heads * part.num_blocks() * part.num_blocks());
     for (auto& b : bits) b = rand_in(0, 2) == 0;
     const int64_t nb = part.num_blocks();
-    const BlockPlan bp = build_block_mask_plan(part, heads, [&](int64_t h, int64_t q, int64_t k) {
-      return bits[(h * nb + q) * nb + k] != 0;
-    });
+    const BlockPlan bp = build_block_mask_plan(
+        part, heads, [&](int64_t h, int64_t q, int64_t k) { return bits[(h * nb + q) * nb + k] != 0; });
     for (TokenLayout layout : {TokenLayout::natural, TokenLayout::tile_major}) {
       const int64_t M = 16, N = rand_in(1, 5), n = g.num_tokens();
       const ColumnPlan cover = cover_block_plan(bp, layout, M, N);
@@ -226,7 +232,8 @@ TEST(ColumnPlan, CoverOfBlockPlanIsTheSmallestSuperset) {
           for (int64_t grp = 0; grp < cover.num_key_groups(); ++grp) {
             bool any = false;
             for (int64_t i = qb * M; i < std::min((qb + 1) * M, n) && !any; ++i)
-              for (int64_t j = grp * N; j < std::min((grp + 1) * N, n) && !any; ++j) any = bp.visits(h, token(i), token(j));
+              for (int64_t j = grp * N; j < std::min((grp + 1) * N, n) && !any; ++j)
+                any = bp.visits(h, token(i), token(j));
             auto r = cover.row(h, qb);
             ASSERT_EQ(std::binary_search(r.begin(), r.end(), static_cast<int32_t>(grp)), any);
           }

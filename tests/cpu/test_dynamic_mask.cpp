@@ -5,9 +5,9 @@
 #include <random>
 #include <set>
 
+#include "test_util.hpp"
 #include "tileattn/dynamic_mask.hpp"
 #include "tileattn/error.hpp"
-#include "test_util.hpp"
 
 using namespace tileattn;
 using namespace tileattn::testing;
@@ -24,8 +24,11 @@ struct Problem {
 
 Problem random_problem() {
   const int64_t kv = rand_in(1, 2);
-  Problem p{{rand_in(1, 2), kv * rand_in(1, 2), kv, rand_in(20, 140), 8}, int64_t{16} << rand_in(0, 1), rand_in(1, 7),
-            {}, {}};
+  Problem p{{rand_in(1, 2), kv * rand_in(1, 2), kv, rand_in(20, 140), 8},
+            int64_t{16} << rand_in(0, 1),
+            rand_in(1, 7),
+            {},
+            {}};
   // Each (batch, head) has a shared query direction, so the pooled query is not ~0 and the estimate is peaky.
   p.q = random_vector(p.shape.batch * p.shape.q_heads * p.shape.tokens * p.shape.head_dim, 1.0f);
   const int64_t d = p.shape.head_dim, n = p.shape.tokens;
@@ -215,8 +218,8 @@ TEST(DynamicMask, StaIntersectionStaysInsideTheWindow) {
     const ColumnPlan window = sta_column_window(g, windows, layout, 16, 3);
     EXPECT_GT(window.sparsity().per_head[0], 0.3);
     const std::vector<int64_t> order = g.tile_major_order();
-    for (SelectionRule rule : {SelectionRule::top_p, SelectionRule::top_k, SelectionRule::threshold,
-                               SelectionRule::target_sparsity}) {
+    for (SelectionRule rule :
+         {SelectionRule::top_p, SelectionRule::top_k, SelectionRule::threshold, SelectionRule::target_sparsity}) {
       ColumnSelection sel;
       sel.rule = rule;
       sel.k = 40;
@@ -260,12 +263,15 @@ TEST(DynamicMask, BadArguments) {
       [&] { select_columns(mass, with([](auto& s) { s.rule = SelectionRule::threshold, s.threshold = -0.1; })); },
       "threshold");
   expect_argument_error(
-      [&] { select_columns(mass, with([](auto& s) { s.rule = SelectionRule::target_sparsity, s.target_sparsity = 1.0; })); },
+      [&] {
+        select_columns(mass, with([](auto& s) { s.rule = SelectionRule::target_sparsity, s.target_sparsity = 1.0; }));
+      },
       "target_sparsity");
   expect_argument_error([&] { select_columns(mass, with([&](auto& s) { s.text_len = p.shape.tokens + 1; })); },
                         "text_len");
-  const ColumnPlan other = ColumnPlan::from_rows({p.shape.tokens, p.shape.q_heads, 128, p.N},
-                                                 std::vector<std::vector<int32_t>>(p.shape.q_heads * ((p.shape.tokens + 127) / 128)));
+  const ColumnPlan other =
+      ColumnPlan::from_rows({p.shape.tokens, p.shape.q_heads, 128, p.N},
+                            std::vector<std::vector<int32_t>>(p.shape.q_heads * ((p.shape.tokens + 127) / 128)));
   expect_argument_error([&] { select_columns(mass, with([&](auto& s) { s.window = &other; })); }, "window");
   expect_argument_error([&] { estimate_column_mass(p.shape, p.q, p.k, 48, 1); }, "query_block");
   expect_argument_error([&] { estimate_column_mass(p.shape, p.q, std::span(p.k).first(p.k.size() - 1), p.M, p.N); },
@@ -291,7 +297,7 @@ TEST(MaskCache, RebuildsEveryRefreshIntervalSteps) {
   cache.get(1, builder);
   EXPECT_EQ(cache.built_step(), 1);
   EXPECT_EQ(builds.size(), 5u);
-  EXPECT_THROW(cache.get(7, [] () -> ColumnPlan { throw std::runtime_error("builder failed"); }), std::runtime_error);
+  EXPECT_THROW(cache.get(7, []() -> ColumnPlan { throw std::runtime_error("builder failed"); }), std::runtime_error);
   EXPECT_FALSE(cache.has_plan());  // never a stale plan after a failed refresh
   EXPECT_EQ(cache.built_step(), -1);
   expect_argument_error([] { MaskCache bad(0); }, "refresh_interval");
