@@ -9,6 +9,7 @@
 #include <functional>
 #include <span>
 
+#include "tileattn/column_plan.hpp"
 #include "tileattn/plan.hpp"
 
 namespace tileattn {
@@ -55,5 +56,12 @@ using ElementMask = std::function<bool(int64_t batch, int64_t head, int64_t quer
 void reference_attention_masked(const AttentionShape& shape, const ElementMask& allowed, std::span<const float> q,
                                 std::span<const float> k, std::span<const float> v, std::span<float> out,
                                 std::span<float> lse, const ReferenceOptions& options = {});
+
+// Attention restricted by a fine-grained plan: query position i of head h sees the key positions of the key groups
+// listed for its query block. Positions are the tensors' rows as laid out (the plan's token order), so this works for
+// natural and tile-major tensors alike. shape.tokens must equal plan.tokens() and shape.q_heads plan.heads().
+void reference_attention_columns(const AttentionShape& shape, const ColumnPlan& plan, std::span<const float> q,
+                                 std::span<const float> k, std::span<const float> v, std::span<float> out,
+                                 std::span<float> lse, const ReferenceOptions& options = {});
 
 }  // namespace tileattn

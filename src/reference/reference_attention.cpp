@@ -8,13 +8,13 @@
 #include <vector>
 
 #include "host/parallel_for.hpp"
+#include "reference/attention_shape.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/reference.hpp"
 
 namespace tileattn {
-namespace {
 
-void check_shape(const AttentionShape& s, size_t q, size_t k, size_t v, size_t out, size_t lse) {
+void detail::check_attention_inputs(const AttentionShape& s, size_t q, size_t k) {
   if (s.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", s.batch));
   if (s.q_heads < 1) throw_argument_error("q_heads", fmt::format("must be >= 1, got {}", s.q_heads));
   if (s.kv_heads < 1 || s.q_heads % s.kv_heads != 0)
@@ -23,13 +23,19 @@ void check_shape(const AttentionShape& s, size_t q, size_t k, size_t v, size_t o
   if (s.head_dim < 1) throw_argument_error("head_dim", fmt::format("must be >= 1, got {}", s.head_dim));
   const size_t nq = s.batch * s.q_heads * s.tokens * s.head_dim;
   const size_t nkv = s.batch * s.kv_heads * s.tokens * s.head_dim;
+  if (q != nq) throw_argument_error("q", fmt::format("expected {} elements, got {}", nq, q));
+  if (k != nkv) throw_argument_error("k", fmt::format("expected {} elements, got {}", nkv, k));
+}
+
+namespace {
+
+void check_shape(const AttentionShape& s, size_t q, size_t k, size_t v, size_t out, size_t lse) {
+  detail::check_attention_inputs(s, q, k);
   auto expect = [](const char* name, size_t got, size_t want) {
     if (got != want) throw_argument_error(name, fmt::format("expected {} elements, got {}", want, got));
   };
-  expect("q", q, nq);
-  expect("k", k, nkv);
-  expect("v", v, nkv);
-  expect("out", out, nq);
+  expect("v", v, k);
+  expect("out", out, q);
   expect("lse", lse, s.batch * s.q_heads * s.tokens);
 }
 
@@ -186,6 +192,25 @@ void reference_attention_masked(const AttentionShape& shape, const ElementMask& 
         if (allowed(b, h, i, j)) keys.push_back(j);
       emit(b, h, i, keys);
     }
+  });
+}
+
+void reference_attention_columns(const AttentionShape& shape, const ColumnPlan& plan, std::span<const float> q,
+                                 std::span<const float> k, std::span<const float> v, std::span<float> out,
+                                 std::span<float> lse, const ReferenceOptions& options) {
+  check_shape(shape, q.size(), k.size(), v.size(), out.size(), lse.size());
+  if (shape.tokens != plan.tokens())
+    throw_argument_error("tokens", fmt::format("the plan has {} tokens, the tensors {}", plan.tokens(), shape.tokens));
+  if (shape.q_heads != plan.heads())
+    throw_argument_error("q_heads", fmt::format("the plan has {} heads, the tensors {}", plan.heads(), shape.q_heads));
+  const int64_t nqb = plan.num_query_blocks(), M = plan.query_block(), N = plan.key_group();
+  Problem p{shape, q, k, v, out, lse, options};
+  run(p, shape.batch * shape.q_heads * nqb, [&](int64_t task, auto&& emit) {
+    const int64_t b = task / (shape.q_heads * nqb), h = (task / nqb) % shape.q_heads, qb = task % nqb;
+    std::vector<int64_t> keys;
+    for (int32_t g : plan.row(h, qb))
+      for (int64_t key = g * N; key < std::min((g + 1) * N, shape.tokens); ++key) keys.push_back(key);
+    for (int64_t query = qb * M; query < std::min((qb + 1) * M, shape.tokens); ++query) emit(b, h, query, keys);
   });
 }
 
