@@ -18,9 +18,10 @@ The task
 
 The model
     A DiT-style stack (adaLN-Zero modulation from a noise-level embedding, QK-RMSNorm, 3D rotary position
-    embedding on q/k, GELU MLP) with fp32 parameters run under bf16 autocast and a fused AdamW. The attention call is pluggable:
-    dense torch.nn.functional.scaled_dot_product_attention or tileattn.sta_attention (forward and backward run
-    tileattn's STA kernels; q/k/v keep the model's strided [B, heads, S, D] views).
+    embedding on q/k as in HunyuanVideo and Wan, GELU MLP) with fp32 parameters run under bf16 autocast and a
+    fused AdamW. The attention call is pluggable: dense torch.nn.functional.scaled_dot_product_attention or
+    tileattn.sta_attention (forward and backward run tileattn's STA kernels; q/k/v are the model's strided
+    [B, heads, S, D] views).
 
 The experiment
     1. Pretrain with dense attention for --steps-pretrain steps.
@@ -493,7 +494,8 @@ def write_svg(path: pathlib.Path, series, title: str, xlabel: str, ylabel: str, 
         return left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)
 
     def py(y):
-        return top + (math.log10(y_hi) - math.log10(y)) / (math.log10(y_hi) - math.log10(y_lo)) * (height - top - bottom)
+        fraction = (math.log10(y_hi) - math.log10(y)) / (math.log10(y_hi) - math.log10(y_lo))
+        return top + fraction * (height - top - bottom)
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
@@ -523,8 +525,9 @@ def write_svg(path: pathlib.Path, series, title: str, xlabel: str, ylabel: str, 
                f'{html.escape(xlabel)}</text>')
     out.append(f'<text x="18" y="{(top + height - bottom) / 2}" text-anchor="middle" '
                f'transform="rotate(-90 18 {(top + height - bottom) / 2})">{html.escape(ylabel)}</text>')
-    legend_x, legend_y = width - right - 290, top + 10
-    out.append(f'<rect x="{legend_x}" y="{legend_y}" width="280" height="{18 * len(series) + 8}" fill="white" '
+    legend_height = 18 * len(series) + 8  # lower left: the losses fall from the upper left
+    legend_x, legend_y = left + 10, height - bottom - 10 - legend_height
+    out.append(f'<rect x="{legend_x}" y="{legend_y}" width="280" height="{legend_height}" fill="white" '
                f'fill-opacity="0.9" stroke="#cccccc"/>')
     for i, s in enumerate(series):
         y = legend_y + 16 + 18 * i
@@ -556,7 +559,7 @@ def write_png(path: pathlib.Path, series, title: str, xlabel: str, ylabel: str, 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", color="#eeeeee")
-    ax.legend(loc="upper right", fontsize=9)
+    ax.legend(loc="lower left", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -624,7 +627,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (linear warm-up over 20 steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the data")
     p.add_argument("--max-seconds", type=float, default=240.0,
-                   help="training stops early (and says so) once this much time has passed since start")
+                   help="time budget from start: pretraining stops early (and says so) after 40%% of it, "
+                        "fine-tuning after all of it")
     p.add_argument("--out", default="finetune_out", help="output directory")
     p.add_argument("--dry-run", action="store_true",
                    help="no tileattn: the STA branch uses SDPA with an explicit STA mask (small default sizes; "
@@ -678,7 +682,10 @@ def load_tileattn():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines show up when piped to a log
     t_start = time.monotonic()
+    pretrain_deadline = t_start + 0.4 * args.max_seconds  # leaves fine-tuning (two branches) the larger share
     deadline = t_start + args.max_seconds
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tileattn = None
@@ -737,9 +744,9 @@ def main(argv=None) -> int:
         if step % args.eval_every == 0:
             pretrain["eval"].append({"step": step, **evaluate(model, eval_set, dense_attention, args.batch, autocast)})
             print(f"pretrain step {step:4d}: eval {pretrain['eval'][-1]['loss']:.4f}")
-        if time.monotonic() > deadline:
+        if time.monotonic() > pretrain_deadline:
             pretrain["truncated"] = True
-            print(f"pretraining stopped at step {step}: --max-seconds {args.max_seconds:g} reached")
+            print(f"pretraining stopped at step {step}: 40% of --max-seconds {args.max_seconds:g} used")
             break
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 20)

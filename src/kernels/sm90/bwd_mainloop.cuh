@@ -1,8 +1,8 @@
 #pragma once
 // Mainloop of the STA backward kernel (FA3 structure, transposed so that a CTA's key rows are the wgmma M side).
 //  Producer (one thread of warpgroup 0): loads the CTA's K and V block once, then for every query block that visits
-//  it (QueryBlockWalker) issues TMA loads of Q and dO (64 rows) and bulk copies of their LSE and dot(dO, O) rows into
-//  a ring of `kStages` stages guarded by full/empty mbarriers.
+//  it (QueryBlockWalker) issues TMA loads of Q and dO (64 rows) into a ring of `kStages` stages guarded by full/empty
+//  mbarriers. Each consumer thread reads the LSE and dot(dO, O) of its 16 query columns from the workspace itself.
 //  Consumers (warpgroups 1..2, 64 key rows each), per query block:
 //    S^T  = K Q^T            (SS)     P^T = exp2(S^T * scale_log2 - lse_log2)   (rows of invalid keys: 0)
 //    dP^T = V dO^T           (SS)     dS^T = P^T * (dP^T - dsum)
@@ -18,12 +18,6 @@
 
 namespace tileattn::sm90 {
 
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-}
 __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const void* src, uint32_t bytes) {
   asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst),
                "r"(smem_addr(src)), "r"(bytes)
@@ -70,10 +64,9 @@ struct BackwardMainloop {
     for (QueryBlockWalker walk(p, kb); !walk.done(); walk.advance()) {
       const QueryStep s = walk.current();
       const int q_bh = kb.batch * p.q_heads + s.head;
-      const int64_t chunk = (int64_t(p.batch_offset + kb.batch) * p.q_heads + s.head) * p.num_query_blocks + s.qblock;
       mbarrier_wait(&sm.q_empty[stage], phase ^ 1);
       uint64_t* full = &sm.q_full[stage];
-      mbarrier_arrive_expect_tx(full, 2 * kQueryTileBytes + 2 * kBwdQueryRows * 4);
+      mbarrier_arrive_expect_tx(full, 2 * kQueryTileBytes);
 #pragma unroll
       for (int a = 0; a < kAtoms; ++a) {
         Element* q_dst = sm.q[stage] + a * kQueryAtomBytes / sizeof(Element);
@@ -86,8 +79,6 @@ struct BackwardMainloop {
           tma_load_5d(do_dst, &p.do_video, full, a * 64, s.x1, s.x2, s.x3, q_bh);
         }
       }
-      bulk_load(sm.lse[stage], p.lse_log2 + chunk * kBwdQueryRows, kBwdQueryRows * 4, full);
-      bulk_load(sm.dsum[stage], p.dsum + chunk * kBwdQueryRows, kBwdQueryRows * 4, full);
       if (++stage == kStages) stage = 0, phase ^= 1;
     }
   }
@@ -147,6 +138,16 @@ struct BackwardMainloop {
     mbarrier_wait(&sm.kv_full, 0);
     for (; !walk.done(); walk.advance(), ++iteration) {
       const QueryStep step = walk.current();
+      const int64_t chunk =
+          (int64_t(p.batch_offset + kb.batch) * p.q_heads + step.head) * p.num_query_blocks + step.qblock;
+      // This thread's 16 query columns of LSE and dsum, straight from the workspace (written by the preprocess
+      // launch, read-only here); the loads complete while the first GEMMs run.
+      float2 lse[kScores / 4], dsum[kScores / 4];
+#pragma unroll
+      for (int j = 0; j < kScores / 4; ++j) {
+        lse[j] = __ldg(reinterpret_cast<const float2*>(p.lse_log2 + chunk * kBwdQueryRows + 8 * j + lane_col));
+        dsum[j] = __ldg(reinterpret_cast<const float2*>(p.dsum + chunk * kBwdQueryRows + 8 * j + lane_col));
+      }
       mbarrier_wait(&sm.q_full[stage], phase);
       const uint32_t q_tile = smem_addr(sm.q[stage]), do_tile = smem_addr(sm.dout[stage]);
       wgmma_fence();
@@ -159,8 +160,8 @@ struct BackwardMainloop {
       // P^T: column c of this thread's scores is query row c of the block.
 #pragma unroll
       for (int e = 0; e < kScores; ++e) {
-        const int col = 8 * (e / 4) + lane_col + (e % 2);
-        const float p_val = fast_exp2(fmaf(s[e], p.scale_log2, -sm.lse[stage][col]));
+        const float row_lse = e % 2 ? lse[e / 4].y : lse[e / 4].x;
+        const float p_val = fast_exp2(fmaf(s[e], p.scale_log2, -row_lse));
         s[e] = valid[(e >> 1) & 1] ? p_val : 0.0f;
       }
       pack_fragment<Element>(s, pb);
@@ -173,8 +174,8 @@ struct BackwardMainloop {
       fence_registers(dp);
 #pragma unroll
       for (int e = 0; e < kScores; ++e) {
-        const int col = 8 * (e / 4) + lane_col + (e % 2);
-        dp[e] = s[e] * (dp[e] - sm.dsum[stage][col]);
+        const float row_dsum = e % 2 ? dsum[e / 4].y : dsum[e / 4].x;
+        dp[e] = s[e] * (dp[e] - row_dsum);
       }
       pack_fragment<Element>(dp, dsb);
       // dS^T rows of this warpgroup into the shared dS tile (query rows contiguous: the MN-major A of the dQ GEMM).
@@ -201,12 +202,7 @@ struct BackwardMainloop {
       fence_registers(pb);
       fence_registers(dsb);
       fence_registers(dq);
-      // This warp is done with the stage (its lanes read LSE and dsum with ordinary loads): order every lane's reads
-      // before the release that lets the producer overwrite the stage.
-      __syncwarp();
       if (lane == 0) mbarrier_arrive(&sm.q_empty[stage]);
-      const int64_t chunk =
-          (int64_t(p.batch_offset + kb.batch) * p.q_heads + step.head) * p.num_query_blocks + step.qblock;
       float* dq_global = p.dq_accum + chunk * kBwdQueryRows * kHeadDim + warpgroup * kBwdQueryRows * kHeadDim / 2;
       if constexpr (Cfg::kDeterministic) {
         add_dq_in_turn(p, dq, dq_global, p.dq_turn + chunk * 2 + warpgroup, walk.rank(step), warpgroup);

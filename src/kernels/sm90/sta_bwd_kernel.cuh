@@ -39,8 +39,6 @@ struct BackwardStorage {
   alignas(1024) Element dout[Cfg::kStages][kQueryElems];
   alignas(1024) Element ds[2][kBwdKeyRows * kBwdQueryRows];       // dS^T, double-buffered
   alignas(128) float dq[2][kBwdQueryRows * Cfg::kHeadDim / 2];    // per consumer warpgroup: dQ half staging
-  alignas(16) float lse[Cfg::kStages][kBwdQueryRows];
-  alignas(16) float dsum[Cfg::kStages][kBwdQueryRows];
   uint64_t kv_full;
   uint64_t q_full[Cfg::kStages], q_empty[Cfg::kStages];
 };
