@@ -2,7 +2,6 @@
 // launches the three kernels. No host synchronization and no device allocation (the caller passes the workspace).
 #include <cuda_runtime.h>
 
-#include <bit>
 #include <cmath>
 
 #include "kernels/sta_backward_params.hpp"
@@ -18,30 +17,13 @@ namespace {
 std::vector<StaBackwardLaunch> prepare_backward_launches(const StaBackwardArgs& args) {
   const StaForwardArgs& a = args.forward;
   const VideoGeometry geo(a.video, a.tile, a.text_len);
-  const Extent3 grid = geo.grid(), tile = a.tile;
   const TiledBlocks query = tiled_blocks(a, kBwdQueryRows), key = tiled_blocks(a, kBwdKeyRows);
   StaBackwardParams p{};
-  fill_window_table(a, p.windows);
-  const VideoExtents extents = video_extents(a);
-  p.extent1 = extents.x1, p.extent2 = extents.x2, p.extent3 = extents.x3;
-  p.tile_t = int(tile.t), p.tile_h = int(tile.h), p.tile_w = int(tile.w);
-  p.log2_tile_w = std::countr_zero(uint64_t(tile.w));
-  p.log2_tile_plane = std::countr_zero(uint64_t(tile.h * tile.w));
-  p.grid_t = int(grid.t), p.grid_h = int(grid.h), p.grid_w = int(grid.w);
-  p.query_frames = query.frames, p.query_blocks_per_tile = query.blocks_per_tile;
-  p.last_tile_query_blocks = query.last_tile_blocks;
-  p.key_frames = key.frames, p.key_blocks_per_tile = key.blocks_per_tile, p.last_tile_key_blocks = key.last_tile_blocks;
-  p.tile_major = a.layout == TokenLayout::tile_major;
-  p.num_video_tokens = int(geo.num_video_tokens());
-  p.num_tokens = int(geo.num_tokens());
-  p.text_len = int(a.text_len);
-  p.num_text_query_blocks = int((a.text_len + kBwdQueryRows - 1) / kBwdQueryRows);
+  fill_shared_params(p, a, kBwdQueryRows, kBwdKeyRows);
   p.num_text_key_blocks = int((a.text_len + kBwdKeyRows - 1) / kBwdKeyRows);
   p.num_query_blocks = int(geo.num_tiles() * query.blocks_per_tile + p.num_text_query_blocks);
-  p.q_heads = int(a.q_heads), p.kv_heads = int(a.kv_heads), p.kv_group = int(a.q_heads / a.kv_heads);
+  p.kv_heads = int(a.kv_heads);
   p.head_dim = int(a.head_dim);
-  p.text_valid = a.text_valid;
-  p.lse = a.lse;
   p.out = a.out.data, p.grad_out = args.grad_out.data, p.grad_q = args.grad_q.data;
   auto strides = [](const DeviceTensor& t, int64_t (&s)[3]) {
     s[0] = t.batch_stride, s[1] = t.head_stride, s[2] = t.token_stride;
@@ -49,9 +31,7 @@ std::vector<StaBackwardLaunch> prepare_backward_launches(const StaBackwardArgs& 
   strides(a.out, p.out_strides);
   strides(args.grad_out, p.grad_out_strides);
   strides(args.grad_q, p.grad_q_strides);
-  const double scale = a.scale != 0.0f ? a.scale : 1.0 / std::sqrt(double(a.head_dim));
-  p.scale = float(scale);
-  p.scale_log2 = float(scale * 1.4426950408889634);
+  p.scale = float(a.scale != 0.0f ? a.scale : 1.0 / std::sqrt(double(a.head_dim)));
   const int64_t chunks = a.batch * a.q_heads * p.num_query_blocks;
   const BackwardWorkspace ws = backward_workspace_layout(chunks, a.head_dim);
   char* base = static_cast<char*>(args.workspace);
@@ -60,10 +40,9 @@ std::vector<StaBackwardLaunch> prepare_backward_launches(const StaBackwardArgs& 
   p.dsum = reinterpret_cast<float*>(base + ws.dsum);
   p.dq_turn = reinterpret_cast<int32_t*>(base + ws.dq_turn);
 
-  const bool fold =
-      a.batch == 1 || (batch_folds(a.q, a.q_heads) && batch_folds(a.k, a.kv_heads) && batch_folds(a.v, a.kv_heads) &&
-                       batch_folds(args.grad_out, a.q_heads) && batch_folds(args.grad_q, a.q_heads) &&
-                       batch_folds(args.grad_k, a.kv_heads) && batch_folds(args.grad_v, a.kv_heads));
+  const bool fold = batch_folds(a.batch, {{a.q, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads},
+                                          {args.grad_out, a.q_heads}, {args.grad_q, a.q_heads},
+                                          {args.grad_k, a.kv_heads}, {args.grad_v, a.kv_heads}});
   const int64_t launches = fold ? 1 : a.batch;
   const int64_t batch_per_launch = fold ? a.batch : 1;
   p.batch_in_launch = int(batch_per_launch);

@@ -2,8 +2,6 @@
 // synchronization and no device allocation, so a call can be captured in a CUDA graph.
 #include <cuda_runtime.h>
 
-#include <bit>
-#include <cmath>
 
 #include "kernels/sta_kernel_params.hpp"
 #include "kernels/sta_validation.hpp"
@@ -37,37 +35,12 @@ std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& a, int block_n
   if (!gpu_kernels_available())
     throw CudaError("sta_forward: no GPU of compute capability 9.0 (Hopper) is available to this process");
   const VideoGeometry geo(a.video, a.tile, a.text_len);
-  const Extent3 grid = geo.grid(), tile = a.tile;
-  const int64_t plane = tile.h * tile.w;
   const TiledBlocks query = tiled_blocks(a, kQueryBlockRows), key = tiled_blocks(a, block_n);
   StaKernelParams p{};
-  fill_window_table(a, p.windows);
-  p.tile_t = int(tile.t), p.tile_h = int(tile.h), p.tile_w = int(tile.w);
-  p.log2_tile_w = std::countr_zero(uint64_t(tile.w));
-  p.log2_tile_plane = std::countr_zero(uint64_t(plane));
-  p.grid_t = int(grid.t), p.grid_h = int(grid.h), p.grid_w = int(grid.w);
-  p.query_frames = query.frames;
-  p.query_blocks_per_tile = query.blocks_per_tile;
-  p.last_tile_query_blocks = query.last_tile_blocks;
-  p.key_frames = key.frames;
-  p.key_blocks_per_tile = key.blocks_per_tile;
-  p.last_tile_key_blocks = key.last_tile_blocks;
-  p.tile_major = a.layout == TokenLayout::tile_major;
-  const VideoExtents extents = video_extents(a);
-  p.extent1 = extents.x1, p.extent2 = extents.x2, p.extent3 = extents.x3;
-  p.num_video_tokens = int(geo.num_video_tokens());
-  p.num_tokens = int(geo.num_tokens());
-  p.text_len = int(a.text_len);
-  p.num_text_query_blocks = int((a.text_len + kQueryBlockRows - 1) / kQueryBlockRows);
-  p.q_heads = int(a.q_heads);
-  p.kv_group = int(a.q_heads / a.kv_heads);
-  p.text_valid = a.text_valid;
-  p.lse = a.lse;
-  const double scale = a.scale != 0.0f ? a.scale : 1.0 / std::sqrt(double(a.head_dim));
-  p.scale_log2 = float(scale * 1.4426950408889634);
+  fill_shared_params(p, a, kQueryBlockRows, block_n);
 
-  const bool fold = a.batch == 1 || (batch_folds(a.q, a.q_heads) && batch_folds(a.k, a.kv_heads) &&
-                                     batch_folds(a.v, a.kv_heads) && batch_folds(a.out, a.q_heads));
+  const bool fold =
+      batch_folds(a.batch, {{a.q, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads}, {a.out, a.q_heads}});
   const int64_t launches = fold ? 1 : a.batch;
   const int64_t batch_per_launch = fold ? a.batch : 1;
   p.batch_in_launch = int(batch_per_launch);

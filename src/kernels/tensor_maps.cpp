@@ -68,7 +68,7 @@ VideoExtents video_extents(const StaForwardArgs& a) {
   return {int(a.video.w), int(a.video.h), int(a.video.t)};
 }
 
-void fill_window_table(const StaForwardArgs& a, int16_t (&table)[256][3]) {
+void fill_window_table(const StaForwardArgs& a, int16_t (&table)[kMaxHeads][3]) {
   const Extent3 grid = VideoGeometry(a.video, a.tile, a.text_len).grid();
   const int64_t nw = static_cast<int64_t>(a.windows.size());
   for (int64_t h = 0; h < a.q_heads; ++h) {
@@ -79,7 +79,12 @@ void fill_window_table(const StaForwardArgs& a, int16_t (&table)[256][3]) {
   }
 }
 
-bool batch_folds(const DeviceTensor& t, int64_t heads) { return t.batch_stride == heads * t.head_stride; }
+bool batch_folds(int64_t batch, std::initializer_list<std::pair<const DeviceTensor&, int64_t>> tensors) {
+  if (batch == 1) return true;
+  for (const auto& [t, heads] : tensors)
+    if (t.batch_stride != heads * t.head_stride) return false;
+  return true;
+}
 
 CUtensorMap TensorMapFactory::video(const char* name, const DeviceTensor& t, int64_t heads, int64_t launch,
                                     int64_t frames) const {

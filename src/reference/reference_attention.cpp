@@ -29,14 +29,15 @@ void detail::check_attention_inputs(const AttentionShape& s, size_t q, size_t k)
 
 namespace {
 
+void expect_size(const char* name, size_t got, size_t want) {
+  if (got != want) throw_argument_error(name, fmt::format("expected {} elements, got {}", want, got));
+}
+
 void check_shape(const AttentionShape& s, size_t q, size_t k, size_t v, size_t out, size_t lse) {
   detail::check_attention_inputs(s, q, k);
-  auto expect = [](const char* name, size_t got, size_t want) {
-    if (got != want) throw_argument_error(name, fmt::format("expected {} elements, got {}", want, got));
-  };
-  expect("v", v, k);
-  expect("out", out, q);
-  expect("lse", lse, s.batch * s.q_heads * s.tokens);
+  expect_size("v", v, k);
+  expect_size("out", out, q);
+  expect_size("lse", lse, s.batch * s.q_heads * s.tokens);
 }
 
 // Softmax attention of one query row over the listed keys.
@@ -330,13 +331,13 @@ void reference_attention_plan_backward(const AttentionShape& shape, const BlockP
                                        std::span<const float> grad_out, std::span<float> grad_q,
                                        std::span<float> grad_k, std::span<float> grad_v,
                                        const ReferenceOptions& options) {
-  check_shape(shape, q.size(), k.size(), v.size(), grad_q.size(), shape.batch * shape.q_heads * shape.tokens);
+  detail::check_attention_inputs(shape, q.size(), k.size());
+  expect_size("v", v.size(), k.size());
+  expect_size("grad_out", grad_out.size(), q.size());
+  expect_size("grad_q", grad_q.size(), q.size());
+  expect_size("grad_k", grad_k.size(), k.size());
+  expect_size("grad_v", grad_v.size(), k.size());
   check_plan(shape, plan, text_valid);
-  const size_t nq = shape.batch * shape.q_heads * shape.tokens * shape.head_dim;
-  const size_t nkv = shape.batch * shape.kv_heads * shape.tokens * shape.head_dim;
-  if (grad_out.size() != nq) throw_argument_error("grad_out", fmt::format("expected {} elements, got {}", nq, grad_out.size()));
-  if (grad_k.size() != nkv) throw_argument_error("grad_k", fmt::format("expected {} elements, got {}", nkv, grad_k.size()));
-  if (grad_v.size() != nkv) throw_argument_error("grad_v", fmt::format("expected {} elements, got {}", nkv, grad_v.size()));
   const PlanKeys plan_keys(plan, text_valid);
   if (options.accumulation == Accumulation::fp64)
     backward<double>(shape, plan_keys, q, k, v, grad_out, grad_q, grad_k, grad_v, options);

@@ -18,12 +18,6 @@
 
 namespace tileattn::sm90 {
 
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const void* src, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst),
-               "r"(smem_addr(src)), "r"(bytes)
-               : "memory");
-}
-
 template <class Cfg>
 struct BackwardMainloop {
   using Element = typename Cfg::Element;
@@ -205,7 +199,7 @@ struct BackwardMainloop {
       if (lane == 0) mbarrier_arrive(&sm.q_empty[stage]);
       float* dq_global = p.dq_accum + chunk * kBwdQueryRows * kHeadDim + warpgroup * kBwdQueryRows * kHeadDim / 2;
       if constexpr (Cfg::kDeterministic) {
-        add_dq_in_turn(p, dq, dq_global, p.dq_turn + chunk * 2 + warpgroup, walk.rank(step), warpgroup);
+        add_dq_in_turn(dq, dq_global, p.dq_turn + chunk * 2 + warpgroup, walk.rank(step), warpgroup);
       } else {
         // Stage the fragment in its own order (conflict-free 8-byte stores) and add it with one bulk reduction.
         if (thread == 0) tma_store_wait_read();  // the previous reduction has finished reading the stage
@@ -228,8 +222,8 @@ struct BackwardMainloop {
 
   // Deterministic dQ: wait until `rank` earlier key blocks have added their part, add ours (plain loads and stores
   // through L2), then pass the turn on.
-  static __device__ __forceinline__ void add_dq_in_turn(const StaBackwardParams&, const float (&dq)[kDq],
-                                                        float* dq_global, int32_t* turn, int rank, int warpgroup) {
+  static __device__ __forceinline__ void add_dq_in_turn(const float (&dq)[kDq], float* dq_global, int32_t* turn,
+                                                        int rank, int warpgroup) {
     const int thread = threadIdx.x % 128;
     if (thread == 0) {
       int seen;

@@ -2,6 +2,7 @@
 // Epilogue: normalise O, write it in the input dtype into this warpgroup's rows of the (now free) Q tile in the
 // 128-byte-swizzled layout TMA expects, and store it with one TMA box per head-dim atom; the box is clipped at the
 // tensor's edges, so partial tiles and the text tail need no special case. LSE rows go straight to global memory.
+#include "kernels/sm90/gemm.cuh"
 #include "kernels/sm90/hopper_primitives.cuh"
 #include "kernels/sm90/sta_scheduler.cuh"
 
@@ -23,18 +24,11 @@ struct Epilogue {
     for (int e = 0; e < kHeadDim / 2; e += 2) {
       const int row = row0 + 8 * ((e >> 1) & 1);
       const int col = 8 * (e / 4) + 2 * (lane % 4);
-      const int atom = col / 64, chunk = (col % 64) / 8;  // Q-tile atom, 16-byte chunk
       const float f = r.inverse_sum[(e >> 1) & 1];
-      uint32_t packed;
-      if constexpr (std::is_same_v<Element, __half>) {
-        __half2 h = __floats2half2_rn(r.o[e] * f, r.o[e + 1] * f);
-        packed = *reinterpret_cast<uint32_t*>(&h);
-      } else {
-        __nv_bfloat162 h = __floats2bfloat162_rn(r.o[e] * f, r.o[e + 1] * f);
-        packed = *reinterpret_cast<uint32_t*>(&h);
-      }
-      const int offset = atom * Mainloop::kQueryAtomBytes + row * 128 + ((chunk ^ (row % 8)) * 16) + (col % 8) * 2;
-      *reinterpret_cast<uint32_t*>(tile + offset) = packed;
+      const float normalised[2] = {r.o[e] * f, r.o[e + 1] * f};
+      uint32_t packed[1];
+      pack_fragment<Element>(normalised, packed);
+      *reinterpret_cast<uint32_t*>(tile + swizzled_offset(row, col, Mainloop::kQueryAtomBytes)) = packed[0];
     }
     fence_proxy_async_smem();
     named_barrier_sync(Cfg::kBarrierEpilogueBase + warpgroup, 128);
