@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: checks, sanitizers and timings on the lent GPU. Binaries come prebuilt in .carry/bin (built on
 # the dev machine by tools/pack_device.sh); results and logs go to $OUT.
-#   tools/device_run.sh [tests] [sanitize] [bench] [sass] [cli] [python] [calibrate]   (default: the first five)
+#   tools/device_run.sh [tests] [fgtests] [sanitize] [bench] [fgbench] [sass] [cli] [python] [calibrate]
+#   (default: tests sanitize cli bench sass; FG_FILTER / SANITIZE_FILTER / FG_BENCH_ARGS adjust the FG steps)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/.carry/bin:${LD_LIBRARY_PATH:-}
@@ -14,10 +15,14 @@ for s in $steps; do
   case $s in
     tests)
       timeout 300 .carry/bin/tileattn_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[|rel L2|FAIL|Failure|Expected|Which is|seed" | tail -80 ;;
+    fgtests)
+      timeout 300 .carry/bin/tileattn_gpu_tests --gtest_filter="${FG_FILTER:-Fg*:*Dynamic*:StaForwardGpu.SmallFixedShapes}" \
+        2>&1 | tee "$OUT/gpu_tests_fg.log" | grep -E "^\[|rel L2|FAIL|Failure|Expected|Which is|seed" | tail -80 ;;
     sanitize)
       for tool in memcheck racecheck synccheck; do
         timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 .carry/bin/tileattn_gpu_tests \
-          --gtest_filter='StaForwardGpu.SmallFixedShapes:StaBackwardGpu.SanitizerSubset' > "$OUT/sanitize_$tool.log" 2>&1
+          --gtest_filter="${SANITIZE_FILTER:-StaForwardGpu.SmallFixedShapes:StaBackwardGpu.SanitizerSubset}" \
+          > "$OUT/sanitize_$tool.log" 2>&1
         echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|hazard' "$OUT/sanitize_$tool.log" | tail -2 | tr '\n' ' ')"
       done ;;
     variants)
@@ -49,6 +54,8 @@ for s in $steps; do
       tar -C "$OUT" -czf "$OUT/calibration.tar.gz" calibration && rm -rf "$OUT/calibration" ;;  # one file comes back
     bench)
       timeout 550 python3 bench/bench_sta.py --out "$OUT" --backward 2>&1 | tee "$OUT/bench.log" | grep -v Warning ;;
+    fgbench)
+      timeout 550 python3 bench/bench_fg.py --out "$OUT" ${FG_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_fg.log" | grep -v Warning ;;
     sass)
       cuobjdump --dump-sass .carry/bin/libtileattn.so > "$OUT/sass.txt" 2>&1
       grep -oE "HGMMA\.[0-9A-Za-z.]+|UTMALDG\.[0-9A-Z.]+|UTMASTG\.[0-9A-Z.]+|SYNCS\.[A-Z.]+|USETMAXREG[.A-Z]*|LDL|STL" \

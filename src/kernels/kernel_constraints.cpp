@@ -11,9 +11,7 @@
 
 namespace tileattn {
 
-namespace {
-
-void validate_tensor(const char* name, const DeviceTensor& t, int64_t batch, int64_t heads, int64_t head_dim) {
+void validate_device_tensor(const char* name, const DeviceTensor& t, int64_t batch, int64_t heads, int64_t head_dim) {
   if (t.data == nullptr) throw_argument_error(name, "data pointer is null");
   if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
     throw_argument_error(name, "data pointer must be 16-byte aligned (TMA)");
@@ -30,8 +28,6 @@ void validate_tensor(const char* name, const DeviceTensor& t, int64_t batch, int
   if (heads > 1 && t.head_stride == 0) throw_argument_error(name, "head_stride is 0 with more than one head");
   if (batch > 1 && t.batch_stride == 0) throw_argument_error(name, "batch_stride is 0 with more than one batch element");
 }
-
-}  // namespace
 
 void validate_gpu_tile(const Extent3& tile) {
   const int64_t plane = tile.h * tile.w;
@@ -79,10 +75,10 @@ void validate_sta_forward_args(const StaForwardArgs& a) {
   }
 
   // ---- tensors ----
-  validate_tensor("q", a.q, a.batch, a.q_heads, a.head_dim);
-  validate_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim);
-  validate_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim);
-  validate_tensor("out", a.out, a.batch, a.q_heads, a.head_dim);
+  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim);
+  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim);
+  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim);
+  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim);
   if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0)
     throw_argument_error("lse", "must be 4-byte aligned");
   if (!std::isfinite(a.scale) || a.scale < 0.0f)
@@ -102,10 +98,10 @@ void validate_sta_backward_args(const StaBackwardArgs& a) {
   const StaForwardArgs& f = a.forward;
   validate_sta_forward_args(f);
   if (f.lse == nullptr) throw_argument_error("lse", "the backward needs the forward's LSE (got a null pointer)");
-  validate_tensor("grad_out", a.grad_out, f.batch, f.q_heads, f.head_dim);
-  validate_tensor("grad_q", a.grad_q, f.batch, f.q_heads, f.head_dim);
-  validate_tensor("grad_k", a.grad_k, f.batch, f.kv_heads, f.head_dim);
-  validate_tensor("grad_v", a.grad_v, f.batch, f.kv_heads, f.head_dim);
+  validate_device_tensor("grad_out", a.grad_out, f.batch, f.q_heads, f.head_dim);
+  validate_device_tensor("grad_q", a.grad_q, f.batch, f.q_heads, f.head_dim);
+  validate_device_tensor("grad_k", a.grad_k, f.batch, f.kv_heads, f.head_dim);
+  validate_device_tensor("grad_v", a.grad_v, f.batch, f.kv_heads, f.head_dim);
   const int64_t needed = sta_backward_workspace_bytes(f);
   if (a.workspace == nullptr) throw_argument_error("workspace", "is null");
   if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0)

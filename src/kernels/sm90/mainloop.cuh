@@ -52,24 +52,21 @@ struct Mainloop {
     pack_fragment<Element>(s, p);
   }
 
-  // Sets the scores of key rows outside the video / the valid text to -inf. Runs only for the few blocks the walker
-  // flags; still kept cheap (no division: tile planes are powers of two), since every such block stalls the
-  // warpgroup's softmax. Thread column of score e: 8 * (e / 4) + 2 * (lane % 4) + e % 2.
-  static __device__ __forceinline__ void mask_keys(const StaKernelParams& p, const KeyBlock& k, float (&s)[kScores]) {
-    const int lane_col = 2 * (threadIdx.x % 4);
-    if (k.text) {
-#pragma unroll
-      for (int e = 0; e < kScores; ++e)
-        if (8 * (e / 4) + lane_col + (e % 2) >= k.text_count) s[e] = -INFINITY;
-      return;
+  // The pipeline's barriers: Q and each stage's K/V full (one arrival: the producer) and empty (one arrival per
+  // consumer warp). Called by the whole CTA.
+  template <class Storage>
+  static __device__ void init_barriers(Storage& sm) {
+    if (threadIdx.x == 0) {
+      mbarrier_init(&sm.q_full, 1);
+      for (int s = 0; s < kStages; ++s) {
+        mbarrier_init(&sm.k_full[s], 1);
+        mbarrier_init(&sm.v_full[s], 1);
+        mbarrier_init(&sm.k_empty[s], 8);
+        mbarrier_init(&sm.v_empty[s], 8);
+      }
+      fence_barrier_init();
     }
-    const int valid_w = p.extent1 - k.x1, valid_h = p.extent2 - k.x2, valid_t = p.extent3 - k.x3;
-#pragma unroll
-    for (int e = 0; e < kScores; ++e) {
-      const int col = 8 * (e / 4) + lane_col + (e % 2);
-      const int w = col & (p.tile_w - 1), h = (col >> p.log2_tile_w) & (p.tile_h - 1), t = col >> p.log2_tile_plane;
-      if (w >= valid_w || h >= valid_h || t >= valid_t) s[e] = -INFINITY;
-    }
+    __syncthreads();
   }
 
   // ---- producer: one thread ----
@@ -123,14 +120,16 @@ struct Mainloop {
     float lse[2];
   };
 
-  template <class Storage>
-  static __device__ void consume(const StaKernelParams& p, Storage& sm, const QueryBlock& q, int warpgroup,
-                                 Result& out) {
+  // `tiles` says how many key blocks there are and masks the scores of each (tiles.mask(sm, stage, s) is called
+  // once per block, in order, before the block's K stage is released): StaKeyTiles below, FgKeyTiles for FG-Attn.
+  template <class Storage, class KeyTiles>
+  static __device__ void consume(Storage& sm, KeyTiles& tiles, float scale_log2, int warpgroup, Result& out) {
     const bool lane0 = threadIdx.x % 32 == 0;
     const uint32_t q_rows = smem_addr(sm.q) + warpgroup * 64 * 128;
     auto k_tile = [&](int stage) { return smem_addr(sm.k[stage]); };
     auto v_tile = [&](int stage) { return smem_addr(sm.v[stage]); };
     auto release = [&](uint64_t* bar) {
+      __syncwarp();
       if (lane0) mbarrier_arrive(bar);
     };
     // Scheduler barrier: the two consumer warpgroups take turns issuing their GEMMs.
@@ -149,12 +148,10 @@ struct Mainloop {
     uint32_t probs[kScores / 2];
 #pragma unroll
     for (int i = 0; i < kHeadDim / 2; ++i) out.o[i] = 0.0f;
-    OnlineSoftmax<kScores> softmax(p.scale_log2);
+    OnlineSoftmax<kScores> softmax(scale_log2);
     float correction[2];
 
-    KeyBlockWalker<kBlockN> walk(p, q);
-    const int n = walk.count();
-    KeyBlock k = walk.current();
+    const int n = tiles.count();
     int stage = 0;
     uint32_t phase = 0;
 
@@ -167,14 +164,12 @@ struct Mainloop {
     pass_turn(false);
     wgmma_wait<0>();
     fence_registers(s);
+    tiles.mask(sm, 0, s);
     release(&sm.k_empty[0]);
-    if (k.masked) mask_keys(p, k, s);
     softmax.template update<true>(s, correction);
     pack_probabilities(s, probs);
 
     for (int i = 1; i < n; ++i) {
-      walk.advance();
-      k = walk.current();
       const int prev_stage = stage;
       const uint32_t prev_phase = phase;
       if (++stage == kStages) stage = 0, phase ^= 1;
@@ -192,8 +187,8 @@ struct Mainloop {
       pass_turn(false);
       wgmma_wait<1>();  // S of block i is ready; PV of block i-1 may still run
       fence_registers(s);
+      tiles.mask(sm, stage, s);
       release(&sm.k_empty[stage]);
-      if (k.masked) mask_keys(p, k, s);
       softmax.template update<false>(s, correction);
       wgmma_wait<0>();
       fence_registers(out.o);
@@ -215,6 +210,45 @@ struct Mainloop {
     fence_registers(probs);
     release(&sm.v_empty[stage]);
     softmax.finish(out.inverse_sum, out.lse);
+  }
+};
+
+
+// The STA consumers' view of the plan: the key blocks of the query block's window (KeyBlockWalker), masking only the
+// blocks the walker flags (edge tiles, partial text).
+template <int kBlockN>
+struct StaKeyTiles {
+  static constexpr int kScores = kBlockN / 2;
+  const StaKernelParams& p;
+  KeyBlockWalker<kBlockN> walk;
+
+  __device__ __forceinline__ StaKeyTiles(const StaKernelParams& params, const QueryBlock& q) : p(params), walk(params, q) {}
+  __device__ __forceinline__ int count() const { return walk.count(); }
+  template <class Storage>
+  __device__ __forceinline__ void mask(Storage&, int, float (&s)[kScores]) {
+    const KeyBlock k = walk.current();
+    if (k.masked) mask_keys(k, s);
+    walk.advance();
+  }
+
+  // Sets the scores of key rows outside the video / the valid text to -inf. Runs only for the few blocks the walker
+  // flags; still kept cheap (no division: tile planes are powers of two), since every such block stalls the
+  // warpgroup's softmax. Thread column of score e: 8 * (e / 4) + 2 * (lane % 4) + e % 2.
+  __device__ __forceinline__ void mask_keys(const KeyBlock& k, float (&s)[kScores]) const {
+    const int lane_col = 2 * (threadIdx.x % 4);
+    if (k.text) {
+#pragma unroll
+      for (int e = 0; e < kScores; ++e)
+        if (8 * (e / 4) + lane_col + (e % 2) >= k.text_count) s[e] = -INFINITY;
+      return;
+    }
+    const int valid_w = p.extent1 - k.x1, valid_h = p.extent2 - k.x2, valid_t = p.extent3 - k.x3;
+#pragma unroll
+    for (int e = 0; e < kScores; ++e) {
+      const int col = 8 * (e / 4) + lane_col + (e % 2);
+      const int w = col & (p.tile_w - 1), h = (col >> p.log2_tile_w) & (p.tile_h - 1), t = col >> p.log2_tile_plane;
+      if (w >= valid_w || h >= valid_h || t >= valid_t) s[e] = -INFINITY;
+    }
   }
 };
 

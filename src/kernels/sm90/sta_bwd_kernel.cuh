@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/sm90/bwd_mainloop.cuh"
+#include "kernels/sm90/launch.cuh"
 #include "tileattn/error.hpp"
 
 namespace tileattn::sm90 {
@@ -180,30 +181,15 @@ __global__ void __launch_bounds__(128) sta_backward_postprocess(const __grid_con
   }
 }
 
-template <class Kernel>
-void launch_kernel(const char* name, Kernel kernel, int64_t blocks, int threads, int smem, cudaStream_t stream,
-                   const StaBackwardParams& p) {
-  if (smem > 0) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess)
-      throw CudaError(std::string("sta_backward: ") + name + ": cudaFuncSetAttribute: " + cudaGetErrorString(err));
-  }
-  if (blocks <= 0) return;
-  kernel<<<dim3(static_cast<unsigned>(blocks)), dim3(threads), smem, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw CudaError(std::string("sta_backward: ") + name + ": launch failed: " + cudaGetErrorString(err));
-}
-
 template <class Element, int HeadDim, bool Deterministic>
 void launch_backward(const kernels::StaBackwardLaunch& l, cudaStream_t stream) {
   using Cfg = StaBackwardConfig<Element, HeadDim, Deterministic>;
   constexpr int kSmem = sizeof(BackwardStorage<Cfg>) + 1024;
   static_assert(kSmem <= 227 * 1024, "shared memory of the backward configuration exceeds 227 KB");
-  launch_kernel("preprocess", sta_backward_preprocess<Element, HeadDim>, l.num_query_chunks, kBwdQueryRows, 0, stream,
+  launch_kernel("sta_backward: preprocess", sta_backward_preprocess<Element, HeadDim>, l.num_query_chunks, kBwdQueryRows, 0, stream,
                 l.params);
-  launch_kernel("main", sta_backward_kernel<Cfg>, l.num_key_ctas, Cfg::kThreads, kSmem, stream, l.params);
-  launch_kernel("postprocess", sta_backward_postprocess<Element, HeadDim>, l.num_query_chunks, 128, 0, stream,
+  launch_kernel("sta_backward: main", sta_backward_kernel<Cfg>, l.num_key_ctas, Cfg::kThreads, kSmem, stream, l.params);
+  launch_kernel("sta_backward: postprocess", sta_backward_postprocess<Element, HeadDim>, l.num_query_chunks, 128, 0, stream,
                 l.params);
 }
 

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/sm90/epilogue.cuh"
+#include "kernels/sm90/launch.cuh"
 #include "kernels/sm90/mainloop.cuh"
 #include "tileattn/error.hpp"
 
@@ -46,17 +47,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_forward_kernel(const __g
   const QueryBlock q = query_block_of(p, blockIdx.x);
   if (q.empty) return;  // uniform across the CTA, before any barrier
 
-  if (threadIdx.x == 0) {
-    mbarrier_init(&sm.q_full, 1);
-    for (int s = 0; s < Cfg::kStages; ++s) {
-      mbarrier_init(&sm.k_full[s], 1);
-      mbarrier_init(&sm.v_full[s], 1);
-      mbarrier_init(&sm.k_empty[s], 8);  // one arrival per consumer warp
-      mbarrier_init(&sm.v_empty[s], 8);
-    }
-    fence_barrier_init();
-  }
-  __syncthreads();
+  Loop::init_barriers(sm);  // full: the producer (TMA bytes); empty: the 8 consumer warps
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
@@ -65,7 +56,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_forward_kernel(const __g
   } else {
     registers_increase<Cfg::kConsumerRegisters>();
     typename Loop::Result r;
-    Loop::consume(p, sm, q, warpgroup - 1, r);
+    StaKeyTiles<Cfg::kBlockN> tiles(p, q);
+    Loop::consume(sm, tiles, p.scale_log2, warpgroup - 1, r);
     Epilogue<Cfg, Loop>::store(p, sm, q, warpgroup - 1, r);
   }
 }
@@ -74,13 +66,7 @@ template <class Cfg>
 void launch(const StaKernelParams& params, int64_t num_ctas, cudaStream_t stream) {
   constexpr int kSmem = sizeof(SharedStorage<Cfg>) + 1024;  // + alignment slack
   static_assert(kSmem <= 227 * 1024, "shared memory of the configuration exceeds the 227 KB an H100 CTA can have");
-  auto kernel = sta_forward_kernel<Cfg>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err != cudaSuccess) throw CudaError(std::string("sta_forward: cudaFuncSetAttribute: ") + cudaGetErrorString(err));
-  if (num_ctas <= 0) return;
-  kernel<<<dim3(static_cast<unsigned>(num_ctas)), dim3(Cfg::kThreads), kSmem, stream>>>(params);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) throw CudaError(std::string("sta_forward: launch failed: ") + cudaGetErrorString(err));
+  launch_kernel("sta_forward", sta_forward_kernel<Cfg>, num_ctas, Cfg::kThreads, kSmem, stream, params);
 }
 
 }  // namespace tileattn::sm90

@@ -1,0 +1,42 @@
+#pragma once
+// What the host launcher hands the FG-Attn forward kernel. The query side reuses the STA forward's parameter block
+// (every query block is addressed like a text block: 128 consecutive rows of the 3D map (d, token, batch*heads)), so
+// the consumers and the epilogue are the STA forward's; the key side is a gather list per CTA.
+#include <cstdint>
+
+#include "kernels/sta_kernel_params.hpp"
+
+namespace tileattn::kernels {
+
+inline constexpr int kFgKeyRows = 128;  // key rows per gathered tile (one pipeline stage)
+
+// The key groups each CTA (batch, head, 128 query rows) gathers: a fixed-capacity table with one row per
+// (head, 128-row query block), row r = head * query_blocks + block. With M = 128 this is the caller's plan itself;
+// with M < 128 it is the merged plan in the workspace, and `membership` holds for each listed group a byte whose bit j
+// says whether sub-block j (rows [j M, j M + M) of the 128) visits it.
+struct FgGatherParams {
+  const char* k = nullptr;  // this launch's first batch element
+  const char* v = nullptr;
+  int64_t k_batch_stride = 0, k_head_stride = 0, k_token_stride = 0;  // bytes
+  int64_t v_batch_stride = 0, v_head_stride = 0, v_token_stride = 0;
+  const int32_t* table = nullptr;
+  const int32_t* counts = nullptr;
+  const uint8_t* membership = nullptr;  // null: M = 128 (every listed group is visited by all 128 rows)
+  int64_t capacity = 0;
+  int query_blocks = 0;     // 128-row query blocks per head
+  int key_group = 1;        // N
+  int num_key_groups = 0;
+  int last_group_size = 0;  // rows of the last key group (N, or fewer when N does not divide the tokens)
+  int query_block = 128;    // M
+};
+
+struct FgKernelParams {
+  StaKernelParams attention;  // q_text / o_text maps, heads, tokens, LSE, scale; the video fields are unused
+  FgGatherParams gather;
+};
+
+// Implemented in the sm90 translation units, one per (dtype, head_dim).
+template <DType Dtype, int HeadDim>
+void launch_fg_forward_sm90(const FgKernelParams& params, int64_t num_ctas, CUstream_st* stream);
+
+}  // namespace tileattn::kernels

@@ -1,0 +1,81 @@
+// FG-Attn argument checks and workspace layout (host only; also in builds without CUDA).
+#include "kernels/fg_validation.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/fg_kernel_params.hpp"
+#include "kernels/sta_validation.hpp"
+#include "tileattn/error.hpp"
+
+namespace tileattn {
+
+void validate_device_column_plan(const DeviceColumnPlan& plan) {
+  plan.shape.validate();
+  if (plan.shape.tokens >= (int64_t{1} << 31) - 1024)
+    throw_argument_error("tokens", fmt::format("must be < 2^31 - 1024 (int32 positions), got {}", plan.shape.tokens));
+  if (plan.capacity < 0) throw_argument_error("capacity", fmt::format("must be >= 0, got {}", plan.capacity));
+  if (plan.counts == nullptr) throw_argument_error("counts", "is null");
+  if (plan.table == nullptr && plan.capacity > 0) throw_argument_error("table", "is null");
+  if (reinterpret_cast<uintptr_t>(plan.counts) % 4 != 0 || reinterpret_cast<uintptr_t>(plan.table) % 4 != 0)
+    throw_argument_error("table", "table and counts must be 4-byte aligned int32 arrays");
+}
+
+void validate_fg_forward_args(const FgForwardArgs& a) {
+  if (a.dtype != DType::bf16 && a.dtype != DType::fp16) throw_argument_error("dtype", "must be bf16 or fp16");
+  if (a.head_dim != 64 && a.head_dim != 128)
+    throw_argument_error("head_dim", fmt::format("must be 64 or 128, got {}", a.head_dim));
+  if (a.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", a.batch));
+  if (a.q_heads < 1) throw_argument_error("q_heads", fmt::format("must be >= 1, got {}", a.q_heads));
+  if (a.kv_heads < 1 || a.q_heads % a.kv_heads != 0)
+    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", a.q_heads, a.kv_heads));
+  validate_device_column_plan(a.plan);
+  if (a.plan.shape.heads != a.q_heads)
+    throw_argument_error("plan", fmt::format("has {} heads, the call {} query heads", a.plan.shape.heads, a.q_heads));
+  const int64_t tokens = a.plan.shape.tokens;
+  const int64_t ctas = a.batch * a.q_heads * detail::ceil_div(tokens, int64_t{kernels::kQueryBlockRows});
+  if (ctas >= (int64_t{1} << 31) || a.batch * a.q_heads * tokens >= (int64_t{1} << 40))
+    throw_argument_error("batch", "batch * heads * tokens is too large for one launch");
+  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim);
+  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim);
+  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim);
+  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim);
+  if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw_argument_error("lse", "must be 4-byte aligned");
+  if (!std::isfinite(a.scale) || a.scale < 0.0f)
+    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+  const int64_t needed = fg_forward_workspace_bytes(a);
+  if (needed > 0) {
+    if (a.workspace == nullptr)
+      throw_argument_error("workspace", fmt::format("is null; query_block {} < 128 needs {} bytes "
+                                                    "(fg_forward_workspace_bytes)", a.plan.shape.query_block, needed));
+    if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0) throw_argument_error("workspace", "must be 256-byte aligned");
+    if (a.workspace_bytes < needed)
+      throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs {} (fg_forward_workspace_bytes)",
+                                                    a.workspace_bytes, needed));
+  }
+}
+
+int64_t fg_forward_workspace_bytes(const FgForwardArgs& a) {
+  validate_device_column_plan(a.plan);
+  return kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity).total;
+}
+
+namespace kernels {
+
+FgWorkspaceLayout fg_workspace_layout(const ColumnPlanShape& shape, int64_t capacity) {
+  FgWorkspaceLayout l;
+  if (shape.query_block >= kQueryBlockRows) return l;
+  auto align = [](int64_t x) { return (x + 255) / 256 * 256; };
+  l.rows = shape.heads * detail::ceil_div(shape.tokens, int64_t{kQueryBlockRows});
+  l.capacity = std::min(shape.num_key_groups(), capacity * (kQueryBlockRows / shape.query_block));
+  l.table_offset = 0;
+  l.membership_offset = align(l.rows * l.capacity * 4);
+  l.counts_offset = l.membership_offset + align(l.rows * l.capacity);
+  l.total = l.counts_offset + align(l.rows * 4);
+  return l;
+}
+
+}  // namespace kernels
+}  // namespace tileattn

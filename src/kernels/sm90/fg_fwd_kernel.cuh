@@ -1,0 +1,98 @@
+#pragma once
+// The FG-Attn forward kernel for Hopper: the STA forward's structure (1 producer + 2 consumer warpgroups, mbarrier
+// pipeline, wgmma, online softmax, TMA epilogue) with a gathering producer (fg_mainloop.cuh). One CTA per
+// (batch, head, 128 query rows), heads outermost so CTAs resident together read the same K/V.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "kernels/sm90/epilogue.cuh"
+#include "kernels/sm90/launch.cuh"
+#include "kernels/sm90/fg_mainloop.cuh"
+#include "kernels/sm90/mainloop.cuh"
+#include "tileattn/error.hpp"
+
+namespace tileattn::sm90 {
+
+template <class Element_, int HeadDim, int Stages>
+struct FgForwardConfig {
+  using Element = Element_;
+  static constexpr int kHeadDim = HeadDim;
+  static constexpr int kBlockN = kFgKeyRows;
+  static constexpr int kStages = Stages;
+  static constexpr bool kSchedulerBarrier = true;
+  static constexpr int kThreads = 384;
+  static constexpr int kProducerRegisters = 32;  // the gathering warps compute addresses; 128 x 32 + 256 x 240 = 64K
+  static constexpr int kConsumerRegisters = 240;
+  static constexpr int kBarrierEpilogueBase = 1;
+  static constexpr int kBarrierSchedulerBase = 3;
+};
+
+template <class Cfg>
+struct FgSharedStorage {
+  static constexpr int kQueryElems = kernels::kQueryBlockRows * Cfg::kHeadDim;
+  static constexpr int kKeyElems = Cfg::kBlockN * Cfg::kHeadDim;
+  alignas(1024) typename Cfg::Element q[kQueryElems];
+  alignas(1024) typename Cfg::Element k[Cfg::kStages][kKeyElems];
+  alignas(1024) typename Cfg::Element v[Cfg::kStages][kKeyElems];
+  alignas(16) uint8_t member[Cfg::kStages][Cfg::kBlockN];  // per gathered row: the sub-blocks that may see it
+  int mask_flag[Cfg::kStages];                             // some row of the tile is not seen by every sub-block
+  uint64_t q_full;
+  uint64_t k_full[Cfg::kStages], k_empty[Cfg::kStages];
+  uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
+};
+
+__device__ __forceinline__ QueryBlock fg_query_block(const FgKernelParams& p, int64_t cta) {
+  QueryBlock q;
+  const int blocks = p.gather.query_blocks;
+  const int64_t bh = cta / blocks;
+  q.text = true;  // addressed through the (d, token, bh) maps
+  q.text_row = int(cta % blocks) * kernels::kQueryBlockRows;
+  q.batch = int(bh / p.attention.q_heads);
+  q.head = int(bh % p.attention.q_heads);
+  return q;
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) fg_forward_kernel(const __grid_constant__ FgKernelParams p) {
+  using Loop = Mainloop<Cfg>;
+  extern __shared__ uint8_t smem_raw[];
+  auto& sm = *reinterpret_cast<FgSharedStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const QueryBlock q = fg_query_block(p, blockIdx.x);
+
+  Loop::init_barriers(sm);  // full: the stage's producer warp once its copies have landed; empty: 8 consumer warps
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    registers_decrease<Cfg::kProducerRegisters>();
+    FgProducer<Cfg>::produce(p, sm, q);
+  } else {
+    registers_increase<Cfg::kConsumerRegisters>();
+    typename Loop::Result r;
+    FgKeyTiles<Cfg::kBlockN> tiles(p, q, warpgroup - 1);
+    Loop::consume(sm, tiles, p.attention.scale_log2, warpgroup - 1, r);
+    Epilogue<Cfg, Loop>::store(p.attention, sm, q, warpgroup - 1, r);
+  }
+}
+
+template <class Cfg>
+void launch_fg(const FgKernelParams& params, int64_t num_ctas, cudaStream_t stream) {
+  constexpr int kSmem = sizeof(FgSharedStorage<Cfg>) + 1024;  // + alignment slack
+  static_assert(kSmem <= 227 * 1024, "shared memory of the configuration exceeds the 227 KB an H100 CTA can have");
+  launch_kernel("fg_forward", fg_forward_kernel<Cfg>, num_ctas, Cfg::kThreads, kSmem, stream, params);
+}
+
+}  // namespace tileattn::sm90
+
+// Defines launch_fg_forward_sm90<DTYPE, HEAD_DIM>: head dim 128 has three stages of 128 gathered key rows (224 KB of
+// shared memory with the Q tile), head dim 64 four.
+#define TILEATTN_FG_FORWARD_INSTANCE(DTYPE, ELEMENT, HEAD_DIM)                                                     \
+  namespace tileattn::kernels {                                                                                 \
+  template <>                                                                                                   \
+  void launch_fg_forward_sm90<DType::DTYPE, HEAD_DIM>(const FgKernelParams& params, int64_t num_ctas,           \
+                                                      CUstream_st* stream) {                                    \
+    sm90::launch_fg<sm90::FgForwardConfig<ELEMENT, HEAD_DIM, HEAD_DIM == 128 ? 3 : 4>>(params, num_ctas, stream); \
+  }                                                                                                             \
+  }

@@ -1,0 +1,174 @@
+#pragma once
+// The FG-Attn side of the forward mainloop: what differs from STA is only what is loaded and how.
+//  Producer (warpgroup 0): warp 0 loads the Q tile by TMA; warps 0 .. kStages-1 each own one pipeline stage and
+//  gather the key rows of every kStages-th tile of the CTA's list with 16-byte cp.async copies straight into the
+//  128-byte-swizzled layout wgmma reads (the layout TMA would write). Rows no query of the CTA may see (past the list,
+//  past the tokens, or in no sub-block's list) are zero-filled and flagged. A warp waits for its own copies, fences
+//  them into the async proxy and then arrives on the stage's full barrier, K first, then V.
+//  Consumers: the STA forward's (Mainloop::consume), with FgKeyTiles as their view of the plan: a tile is masked
+//  only when the producer flagged it.
+#include "kernels/fg_kernel_params.hpp"
+#include "kernels/sm90/gemm.cuh"
+#include "kernels/sm90/hopper_primitives.cuh"
+#include "kernels/sm90/sta_scheduler.cuh"
+
+namespace tileattn::sm90 {
+
+using kernels::FgGatherParams;
+using kernels::FgKernelParams;
+using kernels::kFgKeyRows;
+
+// ---- cp.async (16 bytes, L2 only; src_bytes < 16 zero-fills the rest) ----
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
+}
+
+// One CTA's gather list: row i of it is key position groups[i / N] * N + i % N, for i < length.
+struct FgRow {
+  const int32_t* groups;
+  const uint8_t* membership;  // null: every row of the CTA visits every listed group
+  int length;  // capped at tiles * 128 (rows past the tokens are masked in any case)
+  int tiles;  // >= 1: a row that visits nothing still runs one fully masked tile (O = 0, LSE = -inf)
+};
+
+__device__ __forceinline__ FgRow fg_row(const FgGatherParams& g, int head, int query_block) {
+  const int64_t r = int64_t(head) * g.query_blocks + query_block;
+  int64_t count = __ldg(g.counts + r);
+  count = count < 0 ? 0 : (count > g.capacity ? g.capacity : count);
+  FgRow row;
+  row.groups = g.table + r * g.capacity;
+  row.membership = g.membership != nullptr ? g.membership + r * g.capacity : nullptr;
+  int64_t length = count * g.key_group;
+  if (count > 0 && __ldg(row.groups + count - 1) == g.num_key_groups - 1) length -= g.key_group - g.last_group_size;
+  const int64_t cap = int64_t(g.num_key_groups) * g.key_group;  // no ascending list is longer
+  row.length = int(length < cap ? length : cap);
+  row.tiles = row.length < 1 ? 1 : (row.length + kFgKeyRows - 1) / kFgKeyRows;
+  return row;
+}
+
+template <class Cfg>
+struct FgProducer {
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kChunksPerRow = Cfg::kHeadDim * 2 / 16;  // 16-byte chunks of a K/V row
+  static constexpr int kRowsPerCopy = 32 / kChunksPerRow;        // rows one warp-wide cp.async covers
+  static constexpr int kKeyAtomBytes = kFgKeyRows * 128;
+  static constexpr int kQueryAtomBytes = kernels::kQueryBlockRows * 128;
+  static constexpr int kAtoms = Cfg::kHeadDim / 64;
+  static_assert(kStages <= 4, "one producer warp per stage");
+
+  template <class Storage>
+  static __device__ void produce(const FgKernelParams& params, Storage& sm, const QueryBlock& q) {
+    const StaKernelParams& p = params.attention;
+    const FgGatherParams& g = params.gather;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp == 0 && lane == 0) {
+      mbarrier_arrive_expect_tx(&sm.q_full, kAtoms * kQueryAtomBytes);
+      for (int a = 0; a < kAtoms; ++a)
+        tma_load_3d(sm.q + a * kQueryAtomBytes / sizeof(*sm.q), &p.q_text, &sm.q_full, a * 64, q.text_row,
+                    q.batch * p.q_heads + q.head);
+    }
+    if (warp >= kStages) return;
+    const int kv_head = q.head / p.kv_group;
+    const char* k_base = g.k + q.batch * g.k_batch_stride + kv_head * g.k_head_stride;
+    const char* v_base = g.v + q.batch * g.v_batch_stride + kv_head * g.v_head_stride;
+    const FgRow row = fg_row(g, q.head, q.text_row / kernels::kQueryBlockRows);
+    const int tokens = p.num_tokens;
+    const uint32_t all_rows = g.membership != nullptr ? (1u << (kernels::kQueryBlockRows / g.query_block)) - 1 : 1u;
+    const int stage = warp;
+    for (int i = warp; i < row.tiles; i += kStages) {
+      const uint32_t phase = (i / kStages) & 1;
+      mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
+      int position[4];
+      bool partial = false;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int r = lane + 32 * m;
+        const int index = i * kFgKeyRows + r;
+        uint32_t member = 0;
+        position[m] = -1;
+        if (index < row.length) {
+          const int entry = index / g.key_group;
+          const int group = __ldg(row.groups + entry);
+          const int64_t pos = int64_t(group) * g.key_group + (index - entry * g.key_group);
+          if (group >= 0 && group < g.num_key_groups && pos < tokens) {
+            member = row.membership != nullptr ? __ldg(row.membership + entry) : 1u;
+            if (member != 0) position[m] = int(pos);
+          }
+        }
+        sm.member[stage][r] = uint8_t(member);
+        partial |= member != all_rows;
+      }
+      partial = __any_sync(0xffffffffu, partial);
+      if (lane == 0) sm.mask_flag[stage] = partial ? 1 : 0;
+      gather(k_base, g.k_token_stride, position, smem_addr(sm.k[stage]));
+      cp_async_commit();
+      mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
+      gather(v_base, g.v_token_stride, position, smem_addr(sm.v[stage]));
+      cp_async_commit();
+      cp_async_wait<1>();  // this lane's K copies have landed
+      fence_proxy_async_smem();
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(&sm.k_full[stage]);
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(&sm.v_full[stage]);
+    }
+  }
+
+  // Copies the 128 rows whose positions the warp holds (row lane + 32 m in position[m] of that lane; -1: zero row).
+  static __device__ __forceinline__ void gather(const char* base, int64_t token_stride, const int (&position)[4],
+                                                uint32_t tile) {
+    const int lane = threadIdx.x % 32, chunk = lane % kChunksPerRow;
+    const uint32_t column_bytes = swizzled_offset(0, chunk * 8, kKeyAtomBytes);  // the row-independent part
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+#pragma unroll 2
+      for (int it = 0; it < 32 / kRowsPerCopy; ++it) {
+        const int r32 = it * kRowsPerCopy + lane / kChunksPerRow;  // row within this 32-row slice
+        const int r = 32 * m + r32;
+        const int pos = __shfl_sync(0xffffffffu, position[m], r32);
+        const char* src = base + (pos >= 0 ? int64_t(pos) * token_stride + chunk * 16 : 0);
+        // 128-byte swizzle: the 16-byte chunk index is XORed with the row within its 8-row group.
+        const uint32_t dst = tile + r * 128 + (column_bytes ^ ((r % 8) * 16));
+        cp_async_16(dst, src, pos >= 0 ? 16u : 0u);
+      }
+    }
+  }
+};
+
+// The consumers' view of an FG plan: the CTA's tile count, and the producer's per-tile flags and membership bytes.
+template <int kBlockN>
+struct FgKeyTiles {
+  static constexpr int kScores = kBlockN / 2;
+  int tiles;
+  uint32_t bit;  // this thread's sub-block (both its rows lie in the same 16-row slice, and M >= 16)
+
+  __device__ __forceinline__ FgKeyTiles(const FgKernelParams& p, const QueryBlock& q, int warpgroup) {
+    static_assert(kBlockN == kFgKeyRows, "FG tiles are the gathered 128-row tiles");
+    tiles = fg_row(p.gather, q.head, q.text_row / kernels::kQueryBlockRows).tiles;
+    const int row0 = warpgroup * 64 + (threadIdx.x % 128) / 32 * 16;
+    bit = p.gather.membership != nullptr ? 1u << (row0 / p.gather.query_block) : 1u;
+  }
+  __device__ __forceinline__ int count() const { return tiles; }
+  template <class Storage>
+  __device__ __forceinline__ void mask(Storage& sm, int stage, float (&s)[kScores]) const {
+    if (!sm.mask_flag[stage]) return;
+    const uint8_t* member = sm.member[stage];
+    const int lane_col = 2 * (threadIdx.x % 4);
+#pragma unroll
+    for (int j = 0; j < kScores / 2; ++j) {  // scores 2j, 2j + 1: columns c, c + 1 of both rows
+      const int col = 8 * (j / 2) + lane_col;
+      const uint32_t pair = *reinterpret_cast<const uint16_t*>(member + col);
+      if (!(pair & bit)) s[2 * j] = -INFINITY;
+      if (!((pair >> 8) & bit)) s[2 * j + 1] = -INFINITY;
+    }
+  }
+};
+
+}  // namespace tileattn::sm90
