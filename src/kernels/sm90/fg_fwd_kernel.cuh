@@ -24,10 +24,14 @@ struct FgForwardConfig {
   static constexpr int kStages = Stages;
   static constexpr bool kSchedulerBarrier = true;
   static constexpr int kThreads = 384;
-  static constexpr int kProducerRegisters = 32;  // the gathering warps compute addresses; 128 x 32 + 256 x 240 = 64K
-  static constexpr int kConsumerRegisters = 240;
+  // The gathering warps compute addresses and need more than the STA producer's 24 registers. A CTA owns the
+  // 384 x 168 registers it was launched with: 128 x 40 + 256 x 232 must not exceed them, or setmaxnreg.inc waits forever.
+  static constexpr int kProducerRegisters = 40;
+  static constexpr int kConsumerRegisters = 232;
   static constexpr int kBarrierEpilogueBase = 1;
   static constexpr int kBarrierSchedulerBase = 3;
+  static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 384 * 168,
+                "setmaxnreg: the warpgroups' registers must fit the 384 x 168 the CTA is launched with");
 };
 
 template <class Cfg>

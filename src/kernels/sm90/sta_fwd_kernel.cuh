@@ -24,6 +24,8 @@ struct StaForwardConfig {
   static constexpr int kConsumerRegisters = 240;
   static constexpr int kBarrierEpilogueBase = 1;   // named barriers 1, 2
   static constexpr int kBarrierSchedulerBase = 3;  // named barriers 3, 4
+  static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 384 * 168,
+                "setmaxnreg: the warpgroups' registers must fit the 384 x 168 the CTA is launched with");
 };
 
 template <class Cfg>
