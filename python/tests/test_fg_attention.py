@@ -147,6 +147,14 @@ def test_synthetic_plan_build_can_be_captured():
     torch.cuda.synchronize()
     assert torch.equal(captured.counts, plan.counts)
     assert torch.equal(captured.group_mask(), plan.group_mask())
+    # rebuilding in place (out=) under a graph: a new seed each replay through the same buffers
+    target = tileattn.FgPlan.empty(2048, 2, 128, 16, capacity=plan.capacity)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        assert tileattn.synthetic_fg_plan(2048, 2, 128, 16, 0.7, seed=5, out=target) is target
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(target.group_mask(), plan.group_mask())
 
 
 @requires_gpu
@@ -292,6 +300,7 @@ def test_c_abi_names_bad_fg_arguments():
     (dict(query_block=100), "query_block"),
     (dict(text_len=-1), "text_len"),
     (dict(device="cpu"), "CUDA"),
+    (dict(out=tileattn.FgPlan.empty(512, 2, 128, 16, capacity=4, device="cpu")), "out"),
 ])
 def test_synthetic_plan_rejects_bad_arguments(change, needle):
     args = dict(tokens=256, heads=2, query_block=128, key_group=16, sparsity=0.5)

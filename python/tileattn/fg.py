@@ -135,12 +135,18 @@ class FgPlan:
         slot = torch.arange(self.capacity, device=self.device)
         return (slot[None, :] < n[:, None]) & (t >= 0) & (t < self.num_key_groups)
 
+    def _row_chunks(self):
+        """Row ranges whose [rows, capacity] temporaries stay near 2^26 elements (large plans)."""
+        chunk = max(1, (1 << 26) // max(1, self.capacity))
+        return ((r0, min(self.num_rows, r0 + chunk)) for r0 in range(0, self.num_rows, chunk))
+
     def group_mask(self) -> torch.Tensor:
         """bool [heads, num_query_blocks, num_key_groups]: whether each query block visits each key group."""
         groups = self.num_key_groups
-        idx = torch.where(self._valid_slots(0, self.num_rows), self.table.long(), groups)  # invalid -> spill column
         mask = torch.zeros(self.num_rows, groups + 1, dtype=torch.bool, device=self.device)
-        mask.scatter_(1, idx, True)
+        for r0, r1 in self._row_chunks():
+            idx = torch.where(self._valid_slots(r0, r1), self.table[r0:r1].long(), groups)  # invalid -> spill column
+            mask[r0:r1].scatter_(1, idx, True)
         return mask[:, :groups].view(self.heads, self.num_query_blocks, groups)
 
     def to_dense_mask(self) -> torch.Tensor:
@@ -154,10 +160,8 @@ class FgPlan:
         n, groups, nqb = self.tokens, self.num_key_groups, self.num_query_blocks
         last_group = n - (groups - 1) * self.key_group
         last_block = n - (nqb - 1) * self.query_block
-        chunk = max(1, (1 << 26) // max(1, self.capacity))  # rows per pass: bounded temporaries on large plans
         visited = torch.zeros((), dtype=torch.int64, device=self.device)
-        for r0 in range(0, self.num_rows, chunk):
-            r1 = min(self.num_rows, r0 + chunk)
+        for r0, r1 in self._row_chunks():
             valid = self._valid_slots(r0, r1)
             short = (valid & (self.table[r0:r1] == groups - 1)).sum(1)  # the last, partial group
             keys = valid.sum(1) * self.key_group - short * (self.key_group - last_group)
@@ -186,7 +190,8 @@ class FgPlan:
 
 def synthetic_fg_plan(tokens: int, heads: int, query_block: int, key_group: int, sparsity: float,
                       kind: str = "random", video=None, text_len: int = 0, seed: int = 0,
-                      capacity: Optional[int] = None, keep_diagonal: bool = True, device=None) -> FgPlan:
+                      capacity: Optional[int] = None, keep_diagonal: bool = True, device=None,
+                      out: Optional[FgPlan] = None) -> FgPlan:
     """A synthetic plan built on the GPU (on the current stream; no host synchronization) in which every row keeps
     about 1 - sparsity of the key groups.
 
@@ -196,6 +201,8 @@ def synthetic_fg_plan(tokens: int, heads: int, query_block: int, key_group: int,
     are (1 - sparsity)^(1/3) of the video's, plus every text group; text query blocks keep everything.
     capacity: slots per row, default every key group (no row is cut); a row that would exceed it keeps its first
     capacity groups. keep_diagonal: the key groups of each query block's own positions are always kept.
+    out: an existing plan of this shape to write into instead of allocating one (its capacity and device are used;
+    for CUDA graphs and benchmarks that rebuild masks in place). Returns the plan written.
     """
     _check_shape(tokens, heads, query_block, key_group)
     if kind not in _KINDS:
@@ -217,11 +224,20 @@ def synthetic_fg_plan(tokens: int, heads: int, query_block: int, key_group: int,
     seed = int(seed)
     if not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    if out is not None:
+        if not isinstance(out, FgPlan):
+            raise TypeError(f"out must be a tileattn.FgPlan, got {type(out).__name__}")
+        if (out.tokens, out.heads, out.query_block, out.key_group) != (tokens, heads, query_block, key_group):
+            raise ValueError(f"out is a plan for (tokens, heads, query_block, key_group) = "
+                             f"{(out.tokens, out.heads, out.query_block, out.key_group)}, not "
+                             f"{(tokens, heads, query_block, key_group)}")
+        device = out.device
     device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"device must be a CUDA device, got {device}")
-    plan = FgPlan.empty(tokens, heads, query_block, key_group,
-                        _cdiv(tokens, key_group) if capacity is None else capacity, device)
+    plan = out if out is not None else FgPlan.empty(tokens, heads, query_block, key_group,
+                                                    _cdiv(tokens, key_group) if capacity is None else capacity,
+                                                    device)
     lib = _ffi.fg_library()
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device).cuda_stream
