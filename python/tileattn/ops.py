@@ -171,6 +171,10 @@ def fg_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.T
         raise ValueError(f"plan: expected table [{rows}, capacity] and counts [{rows}] for {q.shape[1]} heads, "
                          f"{q.shape[2]} tokens, query_block {query_block}; got table {tuple(table.shape)}, counts "
                          f"{tuple(counts.shape)}")
+    if table.dtype != torch.int32 or counts.dtype != torch.int32 or table.device != q.device \
+            or counts.device != q.device:
+        raise ValueError(f"plan: table and counts must be int32 on {q.device}, got {table.dtype} on {table.device}, "
+                         f"{counts.dtype} on {counts.device}")
     table, counts = table.contiguous(), counts.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
