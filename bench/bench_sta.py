@@ -112,6 +112,26 @@ def gpu_state():
         return None, None
 
 
+def interleaved_rounds(methods, reps, res, inner=None):
+    """Times every (key, fn) of `methods` once per round, in an order rotated each round, for `reps` rounds (`timed`
+    with inner[key] back-to-back calls, default 3); logs SM clock and power after each round and records their range
+    in res. Returns the median per key."""
+    times = {key: [] for key, _ in methods}
+    clocks, powers = [], []
+    for r in range(reps):
+        shift = r % len(methods)
+        for key, fn in methods[shift:] + methods[:shift]:
+            times[key].append(timed(fn, 0, 1, (inner or {}).get(key, 3))[0])
+        clock, power = gpu_state()
+        if clock:
+            clocks.append(clock), powers.append(power)
+        print(f"  round {r + 1}/{reps} done (SM clock {clock} MHz, power {power} W)", flush=True)
+    if clocks:
+        res["sm_clock_mhz_min_median_max"] = [min(clocks), sorted(clocks)[len(clocks) // 2], max(clocks)]
+        res["power_w_min_median_max"] = [round(min(powers)), round(sorted(powers)[len(powers) // 2]), round(max(powers))]
+    return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
+
+
 BACKWARD_WINDOWS = ("3x3x3", "5x5x5")
 
 
@@ -214,24 +234,12 @@ def main():
         methods += backward_methods(res, flex)
     for key, fn, _, _ in methods:  # warm-up (and FlexAttention compilation)
         timed(fn, a.warmup, 1)
-    times = {key: [] for key, *_ in methods}
-    clocks, powers = [], []
-    for r in range(a.reps):
-        shift = r % len(methods)
-        for key, fn, _, _ in methods[shift:] + methods[:shift]:
-            times[key].append(timed(fn, 0, 1)[0])
-        clock, power = gpu_state()
-        if clock:
-            clocks.append(clock), powers.append(power)
-        print(f"  round {r + 1}/{a.reps} done (SM clock {clock} MHz, power {power} W)", flush=True)
+    medians = interleaved_rounds([(key, fn) for key, fn, _, _ in methods], a.reps, res)
     for key, fn, w, text in methods:
-        ms = sorted(times[key])[len(times[key]) // 2]
+        ms = medians[key]
         res[key] = round(ms, 3)
         gemm_flops = 10 if "_bwd" in key else 4  # backward: 5 GEMMs over the visited pairs, forward 2
         res[key.replace("_ms", "_tflops")] = round(gemm_flops * D * HEADS * visited_pairs(w, text) / (ms * 1e9), 1)
-    if clocks:
-        res["sm_clock_mhz_min_median_max"] = [min(clocks), sorted(clocks)[len(clocks) // 2], max(clocks)]
-        res["power_w_min_median_max"] = [round(min(powers)), round(sorted(powers)[len(powers) // 2]), round(max(powers))]
     for key in list(res):
         if key.startswith("tileattn") and key.endswith("_fwd_ms") or "_fwd_ms_text" in key and key.startswith("tileattn"):
             sfx = key.split("_fwd_ms")[1]

@@ -44,6 +44,13 @@ struct BenchOptions {
   int64_t reps = 10;
   bool backward = false;       // also time the backward (fast dQ mode), and the deterministic mode
   std::string json_path;
+  // --fg: time the FG-Attn forward on synthetic GPU masks instead of the STA kernel (lists are comma-separated).
+  bool fg = false;
+  std::string fg_sparsity = "0.5,0.7,0.9";
+  std::string fg_kind = "random,local";
+  std::string fg_key_group = "1,16";
+  std::string fg_query_block = "128";
+  uint64_t fg_seed = 1;
 };
 int run_bench(const BenchOptions& options);
 

@@ -62,6 +62,44 @@ typedef struct tileattn_sta_backward_args {
 
 int tileattn_sta_backward_workspace_bytes(const tileattn_sta_forward_args* forward, int64_t* bytes);
 int tileattn_sta_backward(const tileattn_sta_backward_args* args, void* cuda_stream);
+
+/* ---- FG-Attn: fine-grained sparse attention forward (see tileattn/fg.hpp) ---- */
+
+/* A fixed-capacity column plan in device memory: query blocks of query_block (M) positions, key groups of key_group
+ * (N) positions. Row r = head * ceil(tokens / query_block) + query block lists counts[r] strictly ascending key groups
+ * in table[r * capacity, r * capacity + counts[r]). */
+typedef struct tileattn_column_plan {
+  int64_t tokens, heads, query_block, key_group;
+  int64_t capacity;
+  int32_t* table;  /* device [rows, capacity] */
+  int32_t* counts; /* device [rows] */
+} tileattn_column_plan;
+
+typedef struct tileattn_fg_forward_args {
+  int32_t abi_version; /* TILEATTN_ABI_VERSION */
+  int32_t dtype;       /* tileattn_dtype */
+  int64_t batch, q_heads, kv_heads, head_dim;
+  tileattn_tensor q, k, v, out;
+  float* lse;          /* optional [batch, q_heads, tokens] fp32 */
+  float scale;         /* 0: 1/sqrt(head_dim) */
+  int32_t reserved;
+  tileattn_column_plan plan; /* plan.tokens = tokens, plan.heads = q_heads; one plan for every batch element */
+  void* workspace;           /* query_block < 128: device, 256-byte aligned, tileattn_fg_forward_workspace_bytes */
+  int64_t workspace_bytes;
+} tileattn_fg_forward_args;
+
+int tileattn_fg_forward_workspace_bytes(const tileattn_fg_forward_args* args, int64_t* bytes);
+int tileattn_fg_forward(const tileattn_fg_forward_args* args, void* cuda_stream);
+
+typedef enum tileattn_synthetic_mask { TILEATTN_MASK_RANDOM = 0, TILEATTN_MASK_LOCAL = 1 } tileattn_synthetic_mask;
+/* Writes a synthetic mask into the device plan on the stream (see build_synthetic_column_plan in fg.hpp). video
+ * (T, H, W) and text_len matter for TILEATTN_MASK_LOCAL only; video may be NULL for TILEATTN_MASK_RANDOM. */
+int tileattn_build_synthetic_column_plan(const tileattn_column_plan* plan, int32_t kind, double sparsity,
+                                         uint64_t seed, const int64_t video[3], int64_t text_len,
+                                         int32_t keep_diagonal, void* cuda_stream);
+/* Copies the plan to the host and validates it (the message names "counts" or "table"); synchronizes the stream. */
+int tileattn_check_column_plan(const tileattn_column_plan* plan, void* cuda_stream);
+
 /* Reads a mask-strategy file (FastVideo's format or tileattn's), validates it, and writes it in tileattn's JSON format
  * (NUL-terminated) into buffer. *needed receives the size the text needs (NUL included); if capacity is smaller the
  * call returns TILEATTN_ERROR_ARGUMENT naming "capacity" and writes nothing: call again with a larger buffer. */

@@ -1,4 +1,5 @@
-"""tileattn: Sliding Tile Attention for video diffusion transformers on Hopper GPUs.
+"""tileattn: Sliding Tile Attention (and FG-Attn, fine-grained sparse attention) for video diffusion transformers on
+Hopper GPUs.
 
 `import tileattn` works without PyTorch or a GPU (the library is loaded on first use); the attention functions need
 PyTorch, a CUDA build of libtileattn and a Hopper GPU.
@@ -6,11 +7,12 @@ PyTorch, a CUDA build of libtileattn and a Hopper GPU.
 from ._ffi import LibraryNotFound, TileattnArgumentError, TileattnError, TileattnFileError, library
 
 __version__ = "0.1.0"
-__all__ = ["STAConfig", "sta_attention", "tile", "untile", "MaskStrategy", "DenoisingStep",
-           "SlidingTileAttnProcessor", "ActivationCapture", "CaptureProcessor", "TileattnError",
-           "TileattnArgumentError", "TileattnFileError", "LibraryNotFound", "library"]
+__all__ = ["STAConfig", "sta_attention", "tile", "untile", "FgPlan", "fg_attention", "synthetic_fg_plan",
+           "MaskStrategy", "DenoisingStep", "SlidingTileAttnProcessor", "ActivationCapture", "CaptureProcessor",
+           "TileattnError", "TileattnArgumentError", "TileattnFileError", "LibraryNotFound", "library"]
 
-_LAZY = {"STAConfig": "sta", "sta_attention": "sta", "tile": "sta", "untile": "sta", "MaskStrategy": "strategy",
+_LAZY = {"STAConfig": "sta", "sta_attention": "sta", "tile": "sta", "untile": "sta", "FgPlan": "fg",
+         "fg_attention": "fg", "synthetic_fg_plan": "fg", "MaskStrategy": "strategy",
          "DenoisingStep": "processor", "SlidingTileAttnProcessor": "processor", "ActivationCapture": "capture",
          "CaptureProcessor": "capture"}
 

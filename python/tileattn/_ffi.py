@@ -10,6 +10,7 @@ ABI_VERSION = 1
 STATUS_OK, STATUS_ARGUMENT, STATUS_CUDA, STATUS_INTERNAL, STATUS_FILE = 0, -1, -2, -3, -4
 DTYPE_BF16, DTYPE_FP16 = 0, 1
 LAYOUT_NATURAL, LAYOUT_TILE_MAJOR = 0, 1
+MASK_RANDOM, MASK_LOCAL = 0, 1
 
 
 class Tensor(ctypes.Structure):
@@ -36,6 +37,24 @@ class StaBackwardArgs(ctypes.Structure):
                 ("grad_out", Tensor), ("grad_q", Tensor), ("grad_k", Tensor), ("grad_v", Tensor),
                 ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_int64),
                 ("deterministic", ctypes.c_int32), ("reserved", ctypes.c_int32)]
+
+
+class ColumnPlan(ctypes.Structure):
+    _fields_ = [("tokens", ctypes.c_int64), ("heads", ctypes.c_int64), ("query_block", ctypes.c_int64),
+                ("key_group", ctypes.c_int64), ("capacity", ctypes.c_int64),
+                ("table", ctypes.c_void_p), ("counts", ctypes.c_void_p)]
+
+
+class FgForwardArgs(ctypes.Structure):
+    _fields_ = [
+        ("abi_version", ctypes.c_int32), ("dtype", ctypes.c_int32),
+        ("batch", ctypes.c_int64), ("q_heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("q", Tensor), ("k", Tensor), ("v", Tensor), ("out", Tensor),
+        ("lse", ctypes.c_void_p), ("scale", ctypes.c_float), ("reserved", ctypes.c_int32),
+        ("plan", ColumnPlan),
+        ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_int64),
+    ]
 
 
 class TileattnError(RuntimeError):
@@ -76,6 +95,18 @@ def library():
             lib.tileattn_sta_backward_workspace_bytes.argtypes = [ctypes.POINTER(StaForwardArgs),
                                                                   ctypes.POINTER(ctypes.c_int64)]
             lib.tileattn_sta_backward_workspace_bytes.restype = ctypes.c_int
+            if hasattr(lib, "tileattn_fg_forward"):  # a library built before FG-Attn still serves STA
+                lib.tileattn_fg_forward.argtypes = [ctypes.POINTER(FgForwardArgs), ctypes.c_void_p]
+                lib.tileattn_fg_forward.restype = ctypes.c_int
+                lib.tileattn_fg_forward_workspace_bytes.argtypes = [ctypes.POINTER(FgForwardArgs),
+                                                                    ctypes.POINTER(ctypes.c_int64)]
+                lib.tileattn_fg_forward_workspace_bytes.restype = ctypes.c_int
+                lib.tileattn_build_synthetic_column_plan.argtypes = [
+                    ctypes.POINTER(ColumnPlan), ctypes.c_int32, ctypes.c_double, ctypes.c_uint64,
+                    ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p]
+                lib.tileattn_build_synthetic_column_plan.restype = ctypes.c_int
+                lib.tileattn_check_column_plan.argtypes = [ctypes.POINTER(ColumnPlan), ctypes.c_void_p]
+                lib.tileattn_check_column_plan.restype = ctypes.c_int
             lib.tileattn_last_error.restype = ctypes.c_char_p
             lib.tileattn_gpu_kernels_available.restype = ctypes.c_int
             lib.tileattn_abi_version.restype = ctypes.c_int
@@ -89,6 +120,14 @@ def library():
             return lib
     raise LibraryNotFound("libtileattn.so not found; build it (cmake --workflow --preset default) or set "
                           "TILEATTN_LIBRARY. Looked in: " + ", ".join(tried))
+
+
+def fg_library():
+    """The loaded libtileattn, checked to have the FG-Attn entry points."""
+    lib = library()
+    if not hasattr(lib, "tileattn_fg_forward"):
+        raise TileattnError(f"{lib._name} was built before FG-Attn (no tileattn_fg_forward); rebuild it")
+    return lib
 
 
 class TileattnArgumentError(TileattnError, ValueError):

@@ -1,8 +1,9 @@
-"""The STA forward and backward as PyTorch custom operators (torch.library): torch.compile(fullgraph=True) traces
-through them via their fake implementations, they run on the current CUDA stream and allocate only through PyTorch
-(the backward's workspace included), so they can be captured in a CUDA graph. Autograd: the forward saves q, k, v,
-O and LSE; the backward runs tileattn's STA backward kernels (deterministic dQ when
-torch.use_deterministic_algorithms(True) is on)."""
+"""The STA forward and backward, and the FG-Attn forward, as PyTorch custom operators (torch.library):
+torch.compile(fullgraph=True) traces through them via their fake implementations, they run on the current CUDA stream
+and allocate only through PyTorch (workspaces included), so they can be captured in a CUDA graph. Autograd (STA): the
+forward saves q, k, v, O and LSE; the backward runs tileattn's STA backward kernels (deterministic dQ when
+torch.use_deterministic_algorithms(True) is on). FG-Attn has no backward yet: differentiating through it raises
+NotImplementedError."""
 from __future__ import annotations
 
 import ctypes
@@ -14,6 +15,29 @@ from . import _ffi
 
 _DTYPES = {torch.bfloat16: _ffi.DTYPE_BF16, torch.float16: _ffi.DTYPE_FP16}
 _LAYOUTS = {"natural": _ffi.LAYOUT_NATURAL, "tile_major": _ffi.LAYOUT_TILE_MAJOR}
+
+
+def check_qkv(q, k, v) -> None:
+    """What every attention kernel needs of q/k/v [B, heads, S, D]: CUDA tensors of one half dtype and device, D
+    contiguous, k and v alike with q's batch, tokens and head_dim (their head count may differ: GQA). Raises
+    TypeError/ValueError naming the tensor."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}")
+        if t.device.type != "cuda":
+            raise ValueError(f"{name} must be on a CUDA device, got {t.device}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
+        raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
 
 
 def _tensor_desc(t: torch.Tensor) -> _ffi.Tensor:
@@ -119,3 +143,67 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 sta_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- FG-Attn forward (fine-grained column plans; see tileattn.fg) ----
+
+def _fg_struct(q, k, v, out, lse, table, counts, query_block, key_group, scale):
+    """The C ABI's FG forward description (no workspace yet)."""
+    a = _ffi.FgForwardArgs()
+    a.abi_version = _ffi.ABI_VERSION
+    a.dtype = _DTYPES[q.dtype]
+    a.batch, a.q_heads, a.kv_heads, a.head_dim = q.shape[0], q.shape[1], k.shape[1], q.shape[3]
+    a.q, a.k, a.v, a.out = (_tensor_desc(t) for t in (q, k, v, out))
+    a.lse = lse.data_ptr()
+    a.scale = scale
+    a.plan = _ffi.ColumnPlan(q.shape[2], q.shape[1], query_block, key_group, table.shape[1], table.data_ptr(),
+                             counts.data_ptr())
+    return a
+
+
+@torch.library.custom_op("tileattn::fg_forward", mutates_args=(), device_types="cuda")
+def fg_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, counts: torch.Tensor,
+               query_block: int, key_group: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """O [B, Hq, S, D] and the fp32 log-sum-exp [B, Hq, S] (-inf where a query sees no key) of attention restricted
+    to a column plan: table int32 [Hq * ceil(S / query_block), capacity] and counts int32 [rows] on q's device."""
+    rows = q.shape[1] * -(-q.shape[2] // query_block)
+    if table.dim() != 2 or table.shape[0] != rows or tuple(counts.shape) != (rows,):
+        raise ValueError(f"plan: expected table [{rows}, capacity] and counts [{rows}] for {q.shape[1]} heads, "
+                         f"{q.shape[2]} tokens, query_block {query_block}; got table {tuple(table.shape)}, counts "
+                         f"{tuple(counts.shape)}")
+    if table.dtype != torch.int32 or counts.dtype != torch.int32 or table.device != q.device \
+            or counts.device != q.device:
+        raise ValueError(f"plan: table and counts must be int32 on {q.device}, got {table.dtype} on {table.device}, "
+                         f"{counts.dtype} on {counts.device}")
+    table, counts = table.contiguous(), counts.contiguous()
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    a = _fg_struct(q, k, v, out, lse, table, counts, query_block, key_group, scale)
+    lib = _ffi.fg_library()
+    needed = ctypes.c_int64(0)
+    with torch.cuda.device(q.device):
+        _ffi.check(lib.tileattn_fg_forward_workspace_bytes(ctypes.byref(a), ctypes.byref(needed)))
+        workspace = None
+        if needed.value > 0:  # query_block < 128: the merged plan (PyTorch's allocator aligns to 512 bytes)
+            workspace = torch.empty(needed.value, dtype=torch.uint8, device=q.device)
+            a.workspace, a.workspace_bytes = workspace.data_ptr(), needed.value
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        _ffi.check(lib.tileattn_fg_forward(ctypes.byref(a), ctypes.c_void_p(stream)))
+    return out, lse
+
+
+@fg_forward.register_fake
+def _fg_forward_fake(q, k, v, table, counts, query_block, key_group, scale):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _fg_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+
+
+def _fg_backward(ctx, grad_out, grad_lse):
+    raise NotImplementedError("tileattn.fg_attention: the FG backward is not implemented (forward only); use "
+                              "tileattn.sta_attention or torch.no_grad()")
+
+
+fg_forward.register_autograd(_fg_backward, setup_context=_fg_setup_context)

@@ -79,9 +79,6 @@ def untile(x: torch.Tensor, video_shape, tile_shape=(6, 8, 8), text_len: int = 0
     return out
 
 
-_HALF_DTYPES = (torch.bfloat16, torch.float16)
-
-
 def _flat_windows(window):
     """Flattened window table: [] for dense, one triple for all heads, or one per head. The library checks the
     windows against the tile grid and the head count (errors name windows[h])."""
@@ -105,23 +102,7 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
     """
     video_shape = _triple(video_shape, "video_shape")
     tile_shape = _triple(tile, "tile")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}")
-        if t.device.type != "cuda":
-            raise ValueError(f"{name} must be on a CUDA device, got {t.device}")
-        if t.dtype not in _HALF_DTYPES:
-            raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
-        raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    ops.check_qkv(q, k, v)
     n_tokens = math.prod(video_shape) + int(text_len)
     if q.shape[2] != n_tokens:
         raise ValueError(f"q has {q.shape[2]} tokens but video_shape {video_shape} + text_len {text_len} = {n_tokens}")

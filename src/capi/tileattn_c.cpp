@@ -11,6 +11,7 @@
 
 #include "tileattn/capture.hpp"
 #include "tileattn/error.hpp"
+#include "tileattn/fg.hpp"
 #include "tileattn/mask_strategy.hpp"
 #include "tileattn/sta.hpp"
 
@@ -61,6 +62,34 @@ int json_out(const char* path, char* buffer, int64_t capacity, int64_t* needed, 
 
 tileattn::DeviceTensor tensor(const tileattn_tensor& t) { return {t.data, t.batch_stride, t.head_stride, t.token_stride}; }
 
+// The checks every argument struct starts with: present, the caller's ABI version, a known dtype.
+template <class Args>
+void check_header(const Args* a) {
+  using namespace tileattn;
+  if (a == nullptr) throw_argument_error("args", "is NULL");
+  if (a->abi_version != TILEATTN_ABI_VERSION)
+    throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
+                                                    a->abi_version));
+  if (a->dtype != TILEATTN_BF16 && a->dtype != TILEATTN_FP16)
+    throw_argument_error("dtype", fmt::format("must be TILEATTN_BF16 (0) or TILEATTN_FP16 (1), got {}", a->dtype));
+}
+
+// The fields the STA and FG forward structs share: dtype, shape, tensors, LSE, scale.
+template <class CArgs, class Args>
+void copy_common(const CArgs* a, Args& args) {
+  args.dtype = static_cast<tileattn::DType>(a->dtype);
+  args.batch = a->batch;
+  args.q_heads = a->q_heads;
+  args.kv_heads = a->kv_heads;
+  args.head_dim = a->head_dim;
+  args.q = tensor(a->q);
+  args.k = tensor(a->k);
+  args.v = tensor(a->v);
+  args.out = tensor(a->out);
+  args.lse = a->lse;
+  args.scale = a->scale;
+}
+
 }  // namespace
 
 extern "C" {
@@ -70,12 +99,7 @@ namespace {
 // The C struct as StaForwardArgs; `windows` holds the window storage the result points into.
 tileattn::StaForwardArgs forward_args(const tileattn_sta_forward_args* a, std::vector<tileattn::Window>& windows) {
   using namespace tileattn;
-  if (a == nullptr) throw_argument_error("args", "is NULL");
-  if (a->abi_version != TILEATTN_ABI_VERSION)
-    throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
-                                                    a->abi_version));
-  if (a->dtype != TILEATTN_BF16 && a->dtype != TILEATTN_FP16)
-    throw_argument_error("dtype", fmt::format("must be TILEATTN_BF16 (0) or TILEATTN_FP16 (1), got {}", a->dtype));
+  check_header(a);
   if (a->layout != TILEATTN_NATURAL && a->layout != TILEATTN_TILE_MAJOR)
     throw_argument_error("layout", fmt::format("must be TILEATTN_NATURAL (0) or TILEATTN_TILE_MAJOR (1), got {}",
                                                a->layout));
@@ -85,23 +109,35 @@ tileattn::StaForwardArgs forward_args(const tileattn_sta_forward_args* a, std::v
   for (int64_t i = 0; i < a->num_windows; ++i)
     windows[i] = {a->windows[3 * i], a->windows[3 * i + 1], a->windows[3 * i + 2]};
   StaForwardArgs args;
-  args.dtype = static_cast<DType>(a->dtype);
-  args.batch = a->batch;
-  args.q_heads = a->q_heads;
-  args.kv_heads = a->kv_heads;
-  args.head_dim = a->head_dim;
+  copy_common(a, args);
   args.video = {a->video[0], a->video[1], a->video[2]};
   args.tile = {a->tile[0], a->tile[1], a->tile[2]};
   args.text_len = a->text_len;
   args.layout = static_cast<TokenLayout>(a->layout);
-  args.q = tensor(a->q);
-  args.k = tensor(a->k);
-  args.v = tensor(a->v);
-  args.out = tensor(a->out);
-  args.lse = a->lse;
   args.text_valid = a->text_valid;
   args.windows = windows;
-  args.scale = a->scale;
+  return args;
+}
+
+// The C plan as DeviceColumnPlan (its content stays on the device and is not read here).
+tileattn::DeviceColumnPlan column_plan(const tileattn_column_plan* p) {
+  if (p == nullptr) tileattn::throw_argument_error("plan", "is NULL");
+  tileattn::DeviceColumnPlan plan;
+  plan.shape = {p->tokens, p->heads, p->query_block, p->key_group};
+  plan.capacity = p->capacity;
+  plan.table = p->table;
+  plan.counts = p->counts;
+  return plan;
+}
+
+tileattn::FgForwardArgs fg_args(const tileattn_fg_forward_args* a) {
+  using namespace tileattn;
+  check_header(a);
+  FgForwardArgs args;
+  copy_common(a, args);
+  args.plan = column_plan(&a->plan);
+  args.workspace = a->workspace;
+  args.workspace_bytes = a->workspace_bytes;
   return args;
 }
 
@@ -138,6 +174,44 @@ int tileattn_sta_backward(const tileattn_sta_backward_args* a, void* stream) {
     args.deterministic = a->deterministic != 0;
     sta_backward(args, static_cast<StreamHandle>(stream));
   });
+}
+
+int tileattn_fg_forward_workspace_bytes(const tileattn_fg_forward_args* a, int64_t* bytes) {
+  return guarded([&] {
+    if (bytes == nullptr) tileattn::throw_argument_error("bytes", "is NULL");
+    *bytes = tileattn::fg_forward_workspace_bytes(fg_args(a));
+  });
+}
+
+int tileattn_fg_forward(const tileattn_fg_forward_args* a, void* stream) {
+  return guarded([&] { tileattn::fg_forward(fg_args(a), static_cast<tileattn::StreamHandle>(stream)); });
+}
+
+int tileattn_build_synthetic_column_plan(const tileattn_column_plan* plan, int32_t kind, double sparsity,
+                                         uint64_t seed, const int64_t video[3], int64_t text_len,
+                                         int32_t keep_diagonal, void* stream) {
+  return guarded([&] {
+    using namespace tileattn;
+    const DeviceColumnPlan p = column_plan(plan);
+    if (kind != TILEATTN_MASK_RANDOM && kind != TILEATTN_MASK_LOCAL)
+      throw_argument_error("kind", fmt::format("must be TILEATTN_MASK_RANDOM (0) or TILEATTN_MASK_LOCAL (1), got {}",
+                                               kind));
+    if (kind == TILEATTN_MASK_LOCAL && video == nullptr)
+      throw_argument_error("video", "is NULL; a local mask needs the video shape (T, H, W)");
+    SyntheticMaskOptions options;
+    options.kind = static_cast<SyntheticMask>(kind);
+    options.sparsity = sparsity;
+    options.seed = seed;
+    if (video != nullptr) options.video = {video[0], video[1], video[2]};
+    options.text_len = text_len;
+    options.keep_diagonal = keep_diagonal != 0;
+    build_synthetic_column_plan(p, options, static_cast<StreamHandle>(stream));
+  });
+}
+
+int tileattn_check_column_plan(const tileattn_column_plan* plan, void* stream) {
+  return guarded(
+      [&] { tileattn::check_device_column_plan(column_plan(plan), static_cast<tileattn::StreamHandle>(stream)); });
 }
 
 int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed) {

@@ -19,6 +19,14 @@ CASES = [
     (["plan", "--svg-head", "3"], "--svg-head"),
     (["bench", "--dtype", "fp8"], "--dtype"),
     (["bench", "--windows", "2x2x2"], "--windows"),
+    # FG-Attn options are checked before any GPU work (so also in builds and on machines without one)
+    (["bench", "--fg", "--fg-sparsity", "1.0"], "--fg-sparsity"),
+    (["bench", "--fg", "--fg-sparsity", "0.5,x"], "--fg-sparsity"),
+    (["bench", "--fg", "--fg-kind", "random,diagonal"], "--fg-kind"),
+    (["bench", "--fg", "--fg-key-group", "0"], "--fg-key-group"),
+    (["bench", "--fg", "--fg-key-group", "16,"], "--fg-key-group"),
+    (["bench", "--fg", "--fg-query-block", "96"], "--fg-query-block"),
+    (["bench", "--fg-kind", "local"], "--fg"),  # meaningless without --fg
 ]
 
 

@@ -69,6 +69,82 @@ TEST(CApi, ValidCallWithoutGpuReportsCudaError) {
   EXPECT_NE(std::string(tileattn_last_error()).size(), 0u);
 }
 
+namespace {
+// A well-formed FG call on 256 tokens, 2 query heads, 1 kv head, M = 128, N = 16 (pointers into host memory: the
+// calls below fail before anything reads them).
+tileattn_fg_forward_args valid_fg_args() {
+  static char buffer[1 << 12] alignas(256);
+  static int32_t table[4 * 16], counts[4];
+  tileattn_fg_forward_args a{};
+  a.abi_version = TILEATTN_ABI_VERSION;
+  a.dtype = TILEATTN_BF16;
+  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
+  tileattn_tensor t{buffer, 0, 256 * 128, 128};
+  a.q = a.k = a.v = a.out = t;
+  a.plan = {256, 2, 128, 16, 16, table, counts};
+  return a;
+}
+std::string fg_error(const tileattn_fg_forward_args* a, int expect_status) {
+  EXPECT_EQ(tileattn_fg_forward(a, nullptr), expect_status);
+  std::string forward_message = tileattn_last_error();
+  int64_t bytes = -1;
+  EXPECT_EQ(tileattn_fg_forward_workspace_bytes(a, &bytes), expect_status);  // same checks on the C struct
+  return forward_message;
+}
+bool names(const std::string& message, const char* argument) {
+  return message.find(argument) != std::string::npos;
+}
+}  // namespace
+
+TEST(CApi, FgCallsNameTheBadArgument) {
+  EXPECT_TRUE(names(fg_error(nullptr, TILEATTN_ERROR_ARGUMENT), "args"));
+  auto a = valid_fg_args();
+  a.abi_version = TILEATTN_ABI_VERSION + 1;
+  EXPECT_TRUE(names(fg_error(&a, TILEATTN_ERROR_ARGUMENT), "abi_version"));
+  a = valid_fg_args();
+  a.dtype = 2;
+  EXPECT_TRUE(names(fg_error(&a, TILEATTN_ERROR_ARGUMENT), "dtype"));
+  a = valid_fg_args();
+  a.plan.query_block = 48;
+  EXPECT_TRUE(names(fg_error(&a, TILEATTN_ERROR_ARGUMENT), "query_block"));
+  a = valid_fg_args();
+  EXPECT_EQ(tileattn_fg_forward_workspace_bytes(&a, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "bytes"));
+
+  const tileattn_column_plan plan = valid_fg_args().plan;
+  const int64_t video[3] = {1, 16, 16};
+  EXPECT_EQ(tileattn_build_synthetic_column_plan(nullptr, TILEATTN_MASK_RANDOM, 0.5, 0, nullptr, 0, 1, nullptr),
+            TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "plan"));
+  EXPECT_EQ(tileattn_build_synthetic_column_plan(&plan, 7, 0.5, 0, video, 0, 1, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "kind"));
+  EXPECT_EQ(tileattn_build_synthetic_column_plan(&plan, TILEATTN_MASK_LOCAL, 0.5, 0, nullptr, 0, 1, nullptr),
+            TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "video"));
+  tileattn_column_plan bad = plan;
+  bad.key_group = 0;
+  EXPECT_EQ(tileattn_build_synthetic_column_plan(&bad, TILEATTN_MASK_RANDOM, 0.5, 0, nullptr, 0, 1, nullptr),
+            TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "key_group"));
+  EXPECT_EQ(tileattn_check_column_plan(nullptr, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "plan"));
+  bad = plan;
+  bad.tokens = 0;
+  EXPECT_EQ(tileattn_check_column_plan(&bad, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "tokens"));
+}
+
+TEST(CApi, FgValidCallsWithoutGpuReportCudaError) {
+  if (tileattn_gpu_kernels_available()) GTEST_SKIP() << "a GPU is present; covered by the GPU tests";
+  const auto a = valid_fg_args();
+  EXPECT_EQ(tileattn_fg_forward(&a, nullptr), TILEATTN_ERROR_CUDA);
+  EXPECT_TRUE(names(tileattn_last_error(), "fg_forward"));
+  const int64_t video[3] = {1, 16, 16};
+  EXPECT_EQ(tileattn_build_synthetic_column_plan(&a.plan, TILEATTN_MASK_LOCAL, 0.5, 0, video, 0, 1, nullptr),
+            TILEATTN_ERROR_CUDA);
+  EXPECT_EQ(tileattn_check_column_plan(&a.plan, nullptr), TILEATTN_ERROR_CUDA);
+}
+
 TEST(CApi, ReadsAndNormalisesMaskStrategies) {
   const std::string path = ::testing::TempDir() + "/capi_strategy.json";
   {
