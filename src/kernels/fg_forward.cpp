@@ -53,7 +53,9 @@ void fg_forward(const FgForwardArgs& a, StreamHandle stream) {
   const double scale = a.scale != 0.0f ? a.scale : 1.0 / std::sqrt(double(a.head_dim));
   attn.scale_log2 = float(scale * 1.4426950408889634);
 
-  const bool fold = kernels::batch_folds(a.batch, {{a.q, a.q_heads}, {a.out, a.q_heads}});
+  g.tma_rows = a.plan.shape.key_group % 8 == 0 ? 8 : 0;
+  const bool fold = kernels::batch_folds(a.batch, {{a.q, a.q_heads}, {a.out, a.q_heads}, {a.k, a.kv_heads},
+                                                  {a.v, a.kv_heads}});
   const int64_t launches = fold ? 1 : a.batch, batch_per_launch = fold ? a.batch : 1;
   attn.batch_in_launch = int(batch_per_launch);
   const kernels::TensorMapFactory maps(maps_of, batch_per_launch);
@@ -62,6 +64,10 @@ void fg_forward(const FgForwardArgs& a, StreamHandle stream) {
     attn.batch_offset = int(l * batch_per_launch);
     attn.q_text = maps.text("q", a.q, a.q_heads, l, kernels::kQueryBlockRows);
     attn.o_text = maps.text("out", a.out, a.q_heads, l, kernels::kQueryBlockRows / 2);
+    if (g.tma_rows != 0) {
+      g.k_rows = maps.text("k", a.k, a.kv_heads, l, g.tma_rows);
+      g.v_rows = maps.text("v", a.v, a.kv_heads, l, g.tma_rows);
+    }
     g.k = static_cast<const char*>(a.k.data) + l * batch_per_launch * g.k_batch_stride;
     g.v = static_cast<const char*>(a.v.data) + l * batch_per_launch * g.v_batch_stride;
     if (a.dtype == DType::bf16)

@@ -15,6 +15,10 @@ inline constexpr int kFgKeyRows = 128;  // key rows per gathered tile (one pipel
 // with M < 128 it is the merged plan in the workspace, and `membership` holds for each listed group a byte whose bit j
 // says whether sub-block j (rows [j M, j M + M) of the 128) visits it.
 struct FgGatherParams {
+  // key_group a multiple of 8: K/V as 3D maps (d, token, batch*kv_heads) with boxes of 8 rows, one TMA copy per
+  // 8-row run of the list (a run never straddles two groups); otherwise 16-byte cp.async copies per row.
+  CUtensorMap k_rows, v_rows;
+  int tma_rows = 0;  // 8: the TMA path; 0: cp.async
   const char* k = nullptr;  // this launch's first batch element
   const char* v = nullptr;
   int64_t k_batch_stride = 0, k_head_stride = 0, k_token_stride = 0;  // bytes

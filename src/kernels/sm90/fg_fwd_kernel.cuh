@@ -66,7 +66,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fg_forward_kernel(const __gr
   auto& sm = *reinterpret_cast<FgSharedStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const QueryBlock q = fg_query_block(p, blockIdx.x);
 
-  Loop::init_barriers(sm);  // full: the stage's producer warp once its copies have landed; empty: 8 consumer warps
+  // K full: the TMA bytes and lane 0's arrival, or the 32 lanes' cp.async arrivals + lane 0's release of the
+  // membership bytes; V full: likewise without the bytes. K empty: every consumer thread (they read those bytes).
+  const bool tma = p.gather.tma_rows != 0;
+  Loop::init_barriers(sm, tma ? 1 : 33, tma ? 1 : 32, 256);
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {

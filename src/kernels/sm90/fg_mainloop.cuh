@@ -3,8 +3,12 @@
 //  Producer (warpgroup 0): warp 0 loads the Q tile by TMA; warps 0 .. kStages-1 each own one pipeline stage and
 //  gather the key rows of every kStages-th tile of the CTA's list with 16-byte cp.async copies straight into the
 //  128-byte-swizzled layout wgmma reads (the layout TMA would write). Rows no query of the CTA may see (past the list,
-//  past the tokens, or in no sub-block's list) are zero-filled and flagged. A warp waits for its own copies, fences
-//  them into the async proxy and then arrives on the stage's full barrier, K first, then V.
+//  past the tokens, or in no sub-block's list) are zero-filled and flagged. Each lane's copies arrive on the stage's
+//  full barrier when they land (cp.async.mbarrier.arrive.noinc), so a warp never waits for its own copies; as in
+//  CUTLASS's cp.async + wgmma mainloops, the consumers read the tiles with wgmma right after the barrier.
+//  With N a multiple of 8 the rows come in 8-row runs of one group each, and the warp issues one TMA box of 8 rows
+//  per run and head-dim atom instead (16 lanes x 2 atoms per tile), which keeps far more bytes in flight than the
+//  LSU path.
 //  Consumers: the STA forward's (Mainloop::consume), with FgKeyTiles as their view of the plan: a tile is masked
 //  only when the producer flagged it.
 #include "kernels/fg_kernel_params.hpp"
@@ -22,10 +26,10 @@ using kernels::kFgKeyRows;
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int Pending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Arrives on `bar` once this thread's earlier cp.async copies have landed; the barrier's count includes it (noinc).
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(bar)) : "memory");
 }
 
 // One CTA's gather list: row i of it is key position groups[i / N] * N + i % N, for i < length.
@@ -82,43 +86,67 @@ struct FgProducer {
     const int stage = warp;
     for (int i = warp; i < row.tiles; i += kStages) {
       const uint32_t phase = (i / kStages) & 1;
-      mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
+      // The tile's positions first: these loads do not need the stage, so their latency hides behind the wait.
       int position[4];
+      uint32_t member[4];
       bool partial = false;
 #pragma unroll
       for (int m = 0; m < 4; ++m) {
-        const int r = lane + 32 * m;
-        const int index = i * kFgKeyRows + r;
-        uint32_t member = 0;
+        const int index = i * kFgKeyRows + lane + 32 * m;
+        member[m] = 0;
         position[m] = -1;
         if (index < row.length) {
           const int entry = index / g.key_group;
           const int group = __ldg(row.groups + entry);
           const int64_t pos = int64_t(group) * g.key_group + (index - entry * g.key_group);
           if (group >= 0 && group < g.num_key_groups && pos < tokens) {
-            member = row.membership != nullptr ? __ldg(row.membership + entry) : 1u;
-            if (member != 0) position[m] = int(pos);
+            member[m] = row.membership != nullptr ? __ldg(row.membership + entry) : 1u;
+            if (member[m] != 0) position[m] = int(pos);
           }
         }
-        sm.member[stage][r] = uint8_t(member);
-        partial |= member != all_rows;
+        partial |= member[m] != all_rows;
       }
       partial = __any_sync(0xffffffffu, partial);
+      mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
+#pragma unroll
+      for (int m = 0; m < 4; ++m) sm.member[stage][lane + 32 * m] = uint8_t(member[m]);
       if (lane == 0) sm.mask_flag[stage] = partial ? 1 : 0;
+      if (g.tma_rows != 0) {
+        // Lane l < 16 copies rows [8 l, 8 l + 8), one run of one group; an unused run reads past the tokens, which
+        // TMA fills with zeros.
+        int run = -1;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const int v = __shfl_sync(0xffffffffu, position[m], (8 * lane) % 32);
+          if ((8 * lane) / 32 == m) run = v;
+        }
+        const int row_coord = run >= 0 ? run : tokens;
+        const int kv_bh = q.batch * (p.q_heads / p.kv_group) + kv_head;
+        __syncwarp();  // the membership bytes, released by lane 0's arrival
+        if (lane == 0) mbarrier_arrive_expect_tx(&sm.k_full[stage], kAtoms * kKeyAtomBytes);
+        __syncwarp();
+        if (lane < 16)
+          for (int a = 0; a < kAtoms; ++a)
+            tma_load_3d(sm.k[stage] + (a * kKeyAtomBytes + lane * 8 * 128) / sizeof(*sm.k[stage]), &g.k_rows,
+                        &sm.k_full[stage], a * 64, row_coord, kv_bh);
+        mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
+        if (lane == 0) mbarrier_arrive_expect_tx(&sm.v_full[stage], kAtoms * kKeyAtomBytes);
+        __syncwarp();
+        if (lane < 16)
+          for (int a = 0; a < kAtoms; ++a)
+            tma_load_3d(sm.v[stage] + (a * kKeyAtomBytes + lane * 8 * 128) / sizeof(*sm.v[stage]), &g.v_rows,
+                        &sm.v_full[stage], a * 64, row_coord, kv_bh);
+        continue;
+      }
       gather(k_base, g.k_token_stride, position, smem_addr(sm.k[stage]));
-      cp_async_commit();
+      cp_async_arrive(&sm.k_full[stage]);
+      __syncwarp();  // the membership bytes, released by lane 0's ordinary arrival
+      if (lane == 0) mbarrier_arrive(&sm.k_full[stage]);
       mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
       gather(v_base, g.v_token_stride, position, smem_addr(sm.v[stage]));
-      cp_async_commit();
-      cp_async_wait<1>();  // this lane's K copies have landed
-      fence_proxy_async_smem();
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(&sm.k_full[stage]);
-      cp_async_wait<0>();
-      fence_proxy_async_smem();
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(&sm.v_full[stage]);
+      cp_async_arrive(&sm.v_full[stage]);
     }
+    cp_async_wait_all();  // no copy outlives its issuing thread
   }
 
   // Copies the 128 rows whose positions the warp holds (row lane + 32 m in position[m] of that lane; -1: zero row).
@@ -146,6 +174,7 @@ struct FgProducer {
 template <int kBlockN>
 struct FgKeyTiles {
   static constexpr int kScores = kBlockN / 2;
+  static constexpr bool kEveryThreadReleasesK = true;
   int tiles;
   uint32_t bit;  // this thread's sub-block (both its rows lie in the same 16-row slice, and M >= 16)
 

@@ -52,16 +52,16 @@ struct Mainloop {
     pack_fragment<Element>(s, p);
   }
 
-  // The pipeline's barriers: Q and each stage's K/V full (one arrival: the producer) and empty (one arrival per
-  // consumer warp). Called by the whole CTA.
+  // The pipeline's barriers: Q full (the producer's TMA), each stage's K/V full (`k_full` / `v_full` arrivals) and
+  // empty (one arrival per consumer warp; for K, `k_empty` arrivals). Called by the whole CTA.
   template <class Storage>
-  static __device__ void init_barriers(Storage& sm) {
+  static __device__ void init_barriers(Storage& sm, int k_full = 1, int v_full = 1, int k_empty = 8) {
     if (threadIdx.x == 0) {
       mbarrier_init(&sm.q_full, 1);
       for (int s = 0; s < kStages; ++s) {
-        mbarrier_init(&sm.k_full[s], 1);
-        mbarrier_init(&sm.v_full[s], 1);
-        mbarrier_init(&sm.k_empty[s], 8);
+        mbarrier_init(&sm.k_full[s], k_full);
+        mbarrier_init(&sm.v_full[s], v_full);
+        mbarrier_init(&sm.k_empty[s], k_empty);
         mbarrier_init(&sm.v_empty[s], 8);
       }
       fence_barrier_init();
@@ -132,6 +132,13 @@ struct Mainloop {
       __syncwarp();
       if (lane0) mbarrier_arrive(bar);
     };
+    // K stages: FG tiles carry membership bytes the consumers read with ordinary loads, so every thread releases.
+    auto release_k = [&](uint64_t* bar) {
+      if constexpr (KeyTiles::kEveryThreadReleasesK)
+        mbarrier_arrive(bar);
+      else
+        release(bar);
+    };
     // Scheduler barrier: the two consumer warpgroups take turns issuing their GEMMs.
     const int my_turn = Cfg::kBarrierSchedulerBase + warpgroup, other_turn = Cfg::kBarrierSchedulerBase + 1 - warpgroup;
     auto wait_turn = [&] {
@@ -165,7 +172,7 @@ struct Mainloop {
     wgmma_wait<0>();
     fence_registers(s);
     tiles.mask(sm, 0, s);
-    release(&sm.k_empty[0]);
+    release_k(&sm.k_empty[0]);
     softmax.template update<true>(s, correction);
     pack_probabilities(s, probs);
 
@@ -188,7 +195,7 @@ struct Mainloop {
       wgmma_wait<1>();  // S of block i is ready; PV of block i-1 may still run
       fence_registers(s);
       tiles.mask(sm, stage, s);
-      release(&sm.k_empty[stage]);
+      release_k(&sm.k_empty[stage]);
       softmax.template update<false>(s, correction);
       wgmma_wait<0>();
       fence_registers(out.o);
@@ -219,6 +226,7 @@ struct Mainloop {
 template <int kBlockN>
 struct StaKeyTiles {
   static constexpr int kScores = kBlockN / 2;
+  static constexpr bool kEveryThreadReleasesK = false;
   const StaKernelParams& p;
   KeyBlockWalker<kBlockN> walk;
 
