@@ -187,8 +187,8 @@ def test_synthetic_plans_are_valid_and_near_the_requested_sparsity(kind, tokens,
     assert plan.capacity == plan.num_key_groups
     got = plan.sparsity()
     if text:  # text rows and columns are dense: compare the video-video part only
-        video = plan.to_dense_mask()[:, :tokens - text, :tokens - text]
-        got = 1.0 - video.sum().item() / video.numel()
+        video_part = plan.to_dense_mask()[:, :tokens - text, :tokens - text]
+        got = 1.0 - video_part.sum().item() / video_part.numel()
     assert abs(got - sparsity) < 0.04, (got, sparsity)
     mask = plan.to_dense_mask()
     assert mask.diagonal(dim1=1, dim2=2).all()  # keep_diagonal: every query sees its own position
