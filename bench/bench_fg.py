@@ -101,6 +101,11 @@ def best_flex(flex, q, k, v, plan, block_sizes, fg_out, res, label):
     """The faster of FlexAttention's block sizes for this plan (3 timed calls each after compilation), or None.
     Records the block size, its time, and FG vs Flex relative L2."""
     table = plan.group_mask().contiguous()
+    if table.numel() >= 2**31:  # the mask_mod's lookup would index past int32 in the generated kernel
+        res[f"flex_fg_{label}_skipped"] = (f"group table of {table.numel()} entries (>= 2^31): FlexAttention's "
+                                           "generated kernel indexes it with int32 (illegal memory access)")
+        print(f"  flex {label}: skipped ({res[f'flex_fg_{label}_skipped']})", flush=True)
+        return None
     best = None
     for block in block_sizes:
         try:
