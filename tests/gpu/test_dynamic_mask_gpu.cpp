@@ -101,6 +101,7 @@ struct MaskCase {
   float sharpness = 1.0f;  // spread of each (batch, head)'s shared query direction: larger = peakier estimate
   bool bshd = false;       // tensors stored [B, S, H, D]
   int key_patterns = 0;    // > 0: every key is one of this many vectors (key j: pattern j % key_patterns): tied masses
+  int query_patterns = 0;  // > 0: likewise for the queries (1 with key_patterns 1: every group of a head ties)
   ColumnSelection sel;     // sel.window stays null; the window is window_density's
   double window_density = 0.0;  // > 0: a random window keeping about this fraction of each row's groups
   int64_t capacity = -1;        // -1: num_key_groups (no row can overflow)
@@ -116,7 +117,7 @@ std::ostream& operator<<(std::ostream& os, const MaskCase& c) {
      << " p=" << s.p << " k=" << s.k << " thr=" << s.threshold << " target=" << s.target_sparsity
      << " diag=" << s.keep_diagonal << " text=" << s.always_keep_text << "/" << s.text_len
      << " window=" << c.window_density << " cap=" << c.capacity << " hpp=" << c.heads_per_pass
-     << " key_patterns=" << c.key_patterns;
+     << " key_patterns=" << c.key_patterns << " query_patterns=" << c.query_patterns;
   return os;
 }
 
@@ -147,13 +148,16 @@ Inputs make_inputs(const MaskCase& c, uint64_t seed) {
   };
   fill(c.q_heads, c.sharpness, in.q, in.q_bits);
   fill(c.kv_heads, 0.0f, in.k, in.k_bits);
-  if (c.key_patterns > 0)
-    for (int64_t bh = 0; bh < c.batch * c.kv_heads; ++bh)
-      for (int64_t j = c.key_patterns; j < n; ++j)
+  auto repeat = [&](int patterns, int64_t heads, std::vector<float>& values, std::vector<uint16_t>& bits) {
+    for (int64_t bh = 0; patterns > 0 && bh < c.batch * heads; ++bh)
+      for (int64_t j = patterns; j < n; ++j)
         for (int64_t col = 0; col < d; ++col) {
-          const size_t to = size_t((bh * n + j) * d + col), from = size_t((bh * n + j % c.key_patterns) * d + col);
-          in.k[to] = in.k[from], in.k_bits[to] = in.k_bits[from];
+          const size_t to = size_t((bh * n + j) * d + col), from = size_t((bh * n + j % patterns) * d + col);
+          values[to] = values[from], bits[to] = bits[from];
         }
+  };
+  repeat(c.key_patterns, c.kv_heads, in.k, in.k_bits);
+  repeat(c.query_patterns, c.q_heads, in.q, in.q_bits);
   in.q_pooled = in.q;
   for (int64_t bh = 0; bh < c.batch * c.q_heads; ++bh)
     for (int64_t qb = 0; qb < nq; ++qb) {
@@ -679,6 +683,14 @@ TEST_F(DynamicMaskGpu, EdgeShapes) {
         if (n == 4) c.capacity = 9;  // the capacity cut inside ties too
       });
     }
+  // Every group of a head ties (identical queries and keys): the order is (query block, group) alone. With target
+  // 0.03 the budget runs out inside the last, partial query block (600 = 9 * 64 + 24).
+  for (int rule : {3, 0, 1})
+    add(std::string("all tied, ") + rule_name(SelectionRule(rule)), [&](MaskCase& c) {
+      c.key_patterns = 1, c.query_patterns = 1, c.tokens = 600, c.M = 64, c.N = 5, c.q_heads = 2;
+      c.sel.rule = SelectionRule(rule), c.sel.target_sparsity = 0.03, c.sel.p = 0.5, c.sel.k = 3;
+      c.sel.keep_diagonal = rule != 3;
+    });
   for (size_t i = 0; i < cases.size(); ++i) run_case(cases[i], test_seed() + 77 * i);
 }
 
