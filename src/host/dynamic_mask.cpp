@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "host/dynamic_mask_checks.hpp"
 #include "host/parallel_for.hpp"
 #include "reference/attention_shape.hpp"
 #include "tileattn/error.hpp"
@@ -58,9 +59,9 @@ ColumnMass estimate_column_mass(const AttentionShape& s, std::span<const float> 
   return result;
 }
 
-namespace {
+namespace detail {
 
-void check_selection(const ColumnPlanShape& shape, const ColumnSelection& sel) {
+void check_selection_values(const ColumnPlanShape& shape, const ColumnSelection& sel) {
   if (sel.rule == SelectionRule::top_p && !(sel.p > 0.0 && sel.p <= 1.0))
     throw_argument_error("p", fmt::format("must be in (0, 1], got {}", sel.p));
   if (sel.rule == SelectionRule::top_k && sel.k < 0)
@@ -71,6 +72,14 @@ void check_selection(const ColumnPlanShape& shape, const ColumnSelection& sel) {
     throw_argument_error("target_sparsity", fmt::format("must be in [0, 1), got {}", sel.target_sparsity));
   if (sel.text_len < 0 || sel.text_len > shape.tokens)
     throw_argument_error("text_len", fmt::format("must be in [0, tokens = {}], got {}", shape.tokens, sel.text_len));
+}
+
+}  // namespace detail
+
+namespace {
+
+void check_selection(const ColumnPlanShape& shape, const ColumnSelection& sel) {
+  detail::check_selection_values(shape, sel);
   if (sel.window && !(sel.window->shape() == shape))
     throw_argument_error("window", fmt::format("the window plan must have the mass's shape (tokens {}, heads {}, "
                                                "query_block {}, key_group {})",

@@ -38,10 +38,10 @@ void validate_fg_forward_args(const FgForwardArgs& a) {
   const int64_t ctas = a.batch * a.q_heads * detail::ceil_div(tokens, int64_t{kernels::kQueryBlockRows});
   if (ctas >= (int64_t{1} << 31) || a.batch * a.q_heads * tokens >= (int64_t{1} << 40))
     throw_argument_error("batch", "batch * heads * tokens is too large for one launch");
-  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim);
-  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim);
-  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim);
-  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim);
+  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, "TMA and cp.async");
+  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "TMA and cp.async");
+  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim, 16, "TMA and cp.async");
+  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, "TMA and cp.async");
   if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw_argument_error("lse", "must be 4-byte aligned");
   if (!std::isfinite(a.scale) || a.scale < 0.0f)
     throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));

@@ -11,16 +11,19 @@
 
 namespace tileattn {
 
-void validate_device_tensor(const char* name, const DeviceTensor& t, int64_t batch, int64_t heads, int64_t head_dim) {
+void validate_device_tensor(const char* name, const DeviceTensor& t, int64_t batch, int64_t heads, int64_t head_dim,
+                            int64_t align_bytes, const char* why) {
   if (t.data == nullptr) throw_argument_error(name, "data pointer is null");
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
-    throw_argument_error(name, "data pointer must be 16-byte aligned (TMA)");
+  if (reinterpret_cast<uintptr_t>(t.data) % align_bytes != 0)
+    throw_argument_error(name, fmt::format("data pointer must be {}-byte aligned ({})", align_bytes, why));
+  const int64_t multiple = align_bytes / 2;  // elements
   const std::pair<const char*, int64_t> strides[] = {
       {"token_stride", t.token_stride}, {"head_stride", t.head_stride}, {"batch_stride", t.batch_stride}};
   for (auto [what, s] : strides) {
-    if (s < 0 || s % 8 != 0)
-      throw_argument_error(name, fmt::format("{} must be a non-negative multiple of 8 elements (16 bytes, TMA), got {}",
-                                             what, s));
+    if (s < 0 || s % multiple != 0)
+      throw_argument_error(name, multiple == 1 ? fmt::format("{} must be >= 0, got {}", what, s)
+                                               : fmt::format("{} must be a non-negative multiple of {} elements ({} "
+                                                             "bytes, {}), got {}", what, multiple, align_bytes, why, s));
   }
   if (t.token_stride < head_dim)
     throw_argument_error(name, fmt::format("token_stride {} is smaller than head_dim {} (head_dim must be contiguous "
@@ -75,10 +78,10 @@ void validate_sta_forward_args(const StaForwardArgs& a) {
   }
 
   // ---- tensors ----
-  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim);
-  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim);
-  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim);
-  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim);
+  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, "TMA");
+  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "TMA");
+  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim, 16, "TMA");
+  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, "TMA");
   if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0)
     throw_argument_error("lse", "must be 4-byte aligned");
   if (!std::isfinite(a.scale) || a.scale < 0.0f)
@@ -98,10 +101,10 @@ void validate_sta_backward_args(const StaBackwardArgs& a) {
   const StaForwardArgs& f = a.forward;
   validate_sta_forward_args(f);
   if (f.lse == nullptr) throw_argument_error("lse", "the backward needs the forward's LSE (got a null pointer)");
-  validate_device_tensor("grad_out", a.grad_out, f.batch, f.q_heads, f.head_dim);
-  validate_device_tensor("grad_q", a.grad_q, f.batch, f.q_heads, f.head_dim);
-  validate_device_tensor("grad_k", a.grad_k, f.batch, f.kv_heads, f.head_dim);
-  validate_device_tensor("grad_v", a.grad_v, f.batch, f.kv_heads, f.head_dim);
+  validate_device_tensor("grad_out", a.grad_out, f.batch, f.q_heads, f.head_dim, 16, "TMA");
+  validate_device_tensor("grad_q", a.grad_q, f.batch, f.q_heads, f.head_dim, 16, "TMA");
+  validate_device_tensor("grad_k", a.grad_k, f.batch, f.kv_heads, f.head_dim, 16, "TMA");
+  validate_device_tensor("grad_v", a.grad_v, f.batch, f.kv_heads, f.head_dim, 16, "TMA");
   const int64_t needed = sta_backward_workspace_bytes(f);
   if (a.workspace == nullptr) throw_argument_error("workspace", "is null");
   if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0)

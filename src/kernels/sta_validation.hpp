@@ -7,9 +7,11 @@ namespace tileattn {
 
 inline constexpr int64_t kMaxQueryHeads = 256;  // the kernel's window table holds one entry per query head
 
-// A [batch, heads, tokens, head_dim] device tensor as the kernels read it (16-byte aligned rows, contiguous head_dim,
-// non-overlapping rows); throws ArgumentError naming `name`.
-void validate_device_tensor(const char* name, const DeviceTensor& t, int64_t batch, int64_t heads, int64_t head_dim);
+// A [batch, heads, tokens, head_dim] device tensor: non-null data aligned to align_bytes, strides >= 0 and multiples
+// of align_bytes / 2 elements (`why` says what needs the alignment, for the message), head_dim contiguous, no zero
+// head/batch stride where there are several. Throws ArgumentError naming `name`.
+void validate_device_tensor(const char* name, const DeviceTensor& t, int64_t batch, int64_t heads, int64_t head_dim,
+                            int64_t align_bytes, const char* why);
 
 // Throws ArgumentError naming the offending argument.
 void validate_sta_forward_args(const StaForwardArgs& args);

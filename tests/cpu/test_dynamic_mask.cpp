@@ -7,6 +7,7 @@
 
 #include "test_util.hpp"
 #include "tileattn/dynamic_mask.hpp"
+#include "tileattn/dynamic_mask_gpu.hpp"
 #include "tileattn/error.hpp"
 
 using namespace tileattn;
@@ -305,4 +306,88 @@ TEST(MaskCache, RebuildsEveryRefreshIntervalSteps) {
   MaskCache every(1);
   for (int64_t s = 0; s < 3; ++s) every.get(s, builder);
   EXPECT_EQ(builds.size(), 8u);
+}
+
+// The GPU builder's host-side validation runs in every build (no GPU needed: the pointers are never dereferenced).
+TEST(DynamicMaskGpuArgs, ValidatesBeforeLaunching) {
+  void* const fake = reinterpret_cast<void*>(uintptr_t{1} << 20);  // 256-byte aligned, never dereferenced
+  const ColumnPlanShape shape{1000, 4, 64, 8};
+  auto args = [&] {
+    DynamicMaskArgs a;
+    a.batch = 2, a.q_heads = 4, a.kv_heads = 2, a.head_dim = 128;
+    a.q = {fake, 4 * 1000 * 128, 1000 * 128, 128};
+    a.k = {fake, 2 * 1000 * 128, 1000 * 128, 128};
+    a.selection.rule = SelectionRule::top_k;
+    a.workspace = fake;
+    a.workspace_bytes = dynamic_mask_workspace_bytes(a, shape);
+    return a;
+  };
+  DeviceColumnPlan out{shape, 16, static_cast<int32_t*>(fake), static_cast<int32_t*>(fake)};
+  auto build = [&](const DynamicMaskArgs& a, const DeviceColumnPlan& o) {
+    return [a, o] { build_dynamic_column_plan_gpu(a, o, nullptr); };
+  };
+  auto edit = [&](auto&& change) {
+    DynamicMaskArgs a = args();
+    change(a);
+    return a;
+  };
+  expect_argument_error(build(edit([](auto& a) { a.head_dim = 96; }), out), "head_dim");
+  expect_argument_error(build(edit([](auto& a) { a.dtype = DType(7); }), out), "dtype");
+  expect_argument_error(build(edit([](auto& a) { a.batch = 0; }), out), "batch");
+  expect_argument_error(build(edit([](auto& a) { a.kv_heads = 3; }), out), "kv_heads");
+  expect_argument_error(build(edit([](auto& a) { a.q.data = nullptr; }), out), "q");
+  expect_argument_error(build(edit([](auto& a) { a.k.token_stride = 130; }), out), "k");  // 16-byte rows
+  expect_argument_error(build(edit([&](auto& a) { a.k.data = static_cast<char*>(fake) + 2; }), out), "k");
+  expect_argument_error(build(edit([](auto& a) { a.q.token_stride = 64; }), out), "q");
+  expect_argument_error(build(edit([](auto& a) { a.scale = -1.0f; }), out), "scale");
+  expect_argument_error(build(edit([](auto& a) { a.selection.rule = SelectionRule::top_k, a.selection.k = -1; }), out),
+                        "k");
+  expect_argument_error(build(edit([](auto& a) { a.selection.rule = SelectionRule::top_p, a.selection.p = 0; }), out),
+                        "p");
+  expect_argument_error(
+      build(edit([](auto& a) { a.selection.rule = SelectionRule::threshold, a.selection.threshold = -1; }), out),
+      "threshold");
+  expect_argument_error(build(edit([](auto& a) {
+                                a.selection.rule = SelectionRule::target_sparsity, a.selection.target_sparsity = 1;
+                              }),
+                              out),
+                        "target_sparsity");
+  expect_argument_error(build(edit([](auto& a) { a.selection.text_len = 1001; }), out), "text_len");
+  const ColumnPlan host_window = ColumnPlan::from_rows(shape, std::vector<std::vector<int32_t>>(shape.num_rows()));
+  expect_argument_error(build(edit([&](auto& a) { a.selection.window = &host_window; }), out), "window");
+  const DeviceColumnPlan bad_window{{1000, 4, 64, 16}, 4, static_cast<int32_t*>(fake), static_cast<int32_t*>(fake)};
+  expect_argument_error(build(edit([&](auto& a) { a.window = &bad_window; }), out), "window");
+  expect_argument_error(build(edit([](auto& a) { a.workspace = nullptr; }), out), "workspace");
+  expect_argument_error(build(edit([](auto& a) { a.workspace = static_cast<char*>(a.workspace) + 16; }), out),
+                        "workspace");
+  expect_argument_error(
+      build(edit([&](auto& a) { a.workspace_bytes = dynamic_mask_workspace_bytes(a, shape, 1) - 1; }), out),
+      "workspace");
+  DeviceColumnPlan bad = out;
+  bad.capacity = -1;
+  expect_argument_error(build(args(), bad), "out");
+  bad = out, bad.counts = nullptr;
+  expect_argument_error(build(args(), bad), "out");
+  bad = out, bad.shape.heads = 3;
+  expect_argument_error(build(args(), bad), "heads");
+  bad = out, bad.shape.query_block = 48;
+  expect_argument_error(build(args(), bad), "query_block");
+  expect_argument_error([&] { estimate_column_mass_gpu(args(), shape, nullptr, nullptr); }, "mass");
+  expect_argument_error([&] { dynamic_mask_workspace_bytes(args(), shape, 5); }, "heads_per_pass");
+
+  // Heads per pass: rounded to a multiple or a divisor of q_heads / kv_heads; fewer heads, less memory.
+  const DynamicMaskArgs a = args();
+  EXPECT_EQ(dynamic_mask_workspace_bytes(a, shape, 3), dynamic_mask_workspace_bytes(a, shape, 2));
+  EXPECT_LT(dynamic_mask_workspace_bytes(a, shape, 1), dynamic_mask_workspace_bytes(a, shape, 2));
+  EXPECT_LT(dynamic_mask_workspace_bytes(a, shape, 2), dynamic_mask_workspace_bytes(a, shape, 0));
+  EXPECT_EQ(dynamic_mask_workspace_bytes(a, shape, 4), dynamic_mask_workspace_bytes(a, shape, 0));
+  const int64_t mass_per_head = shape.num_query_blocks() * shape.num_key_groups() * 4;
+  EXPECT_GE(dynamic_mask_workspace_bytes(a, shape, 2) - dynamic_mask_workspace_bytes(a, shape, 1), mass_per_head);
+
+  // Valid arguments: without a usable GPU the call says so.
+  if (!gpu_kernels_available()) {
+    EXPECT_THROW(build_dynamic_column_plan_gpu(args(), out, nullptr), CudaError);
+    float* mass = static_cast<float*>(fake);
+    EXPECT_THROW(estimate_column_mass_gpu(args(), shape, mass, nullptr), CudaError);
+  }
 }

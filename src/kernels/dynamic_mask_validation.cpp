@@ -1,0 +1,171 @@
+// Host side of the GPU dynamic-mask builder that needs no CUDA: argument validation, workspace layout (see
+// dynamic_mask_layout.hpp). Compiled in every build.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "host/dynamic_mask_checks.hpp"
+#include "kernels/dynamic_mask_layout.hpp"
+#include "kernels/sta_validation.hpp"
+#include "tileattn/error.hpp"
+
+namespace tileattn {
+
+namespace kernels {
+namespace {
+
+// The selection kernel keeps a window row as a bitmap in shared memory (with 24 KB of histogram beside it).
+constexpr int64_t kMaxWindowGroups = int64_t{200} * 1024 * 8;
+
+int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Everything but the selection, the output and the workspace.
+void validate_common(const DynamicMaskArgs& a, const ColumnPlanShape& shape) {
+  if (a.dtype != DType::bf16 && a.dtype != DType::fp16) throw_argument_error("dtype", "must be bf16 or fp16");
+  if (a.head_dim != 64 && a.head_dim != 128)
+    throw_argument_error("head_dim", fmt::format("must be 64 or 128, got {}", a.head_dim));
+  if (a.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", a.batch));
+  if (a.q_heads < 1) throw_argument_error("q_heads", fmt::format("must be >= 1, got {}", a.q_heads));
+  if (a.kv_heads < 1 || a.q_heads % a.kv_heads != 0)
+    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", a.q_heads, a.kv_heads));
+  if (a.batch * a.kv_heads > 65535)
+    throw_argument_error("batch", fmt::format("batch * kv_heads must be <= 65535, got {}", a.batch * a.kv_heads));
+  shape.validate();
+  if (shape.heads != a.q_heads)
+    throw_argument_error("heads", fmt::format("the plan's heads must equal q_heads = {}, got {}", a.q_heads,
+                                              shape.heads));
+  if (shape.tokens > std::numeric_limits<int32_t>::max())
+    throw_argument_error("tokens", fmt::format("must be < 2^31, got {}", shape.tokens));
+  if (a.q_heads * shape.num_query_blocks() > std::numeric_limits<int32_t>::max())
+    throw_argument_error("q_heads", "q_heads * query blocks must be < 2^31");
+  if (!std::isfinite(a.scale) || a.scale < 0.0f)
+    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 2, "element loads");
+  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "16-byte cp.async rows");
+}
+
+void validate_plan(const char* name, const DeviceColumnPlan& p, const ColumnPlanShape& shape) {
+  if (!(p.shape == shape))
+    throw_argument_error(name, fmt::format("must have the plan's shape (tokens {}, heads {}, query_block {}, "
+                                           "key_group {})", shape.tokens, shape.heads, shape.query_block,
+                                           shape.key_group));
+  if (p.capacity < 0) throw_argument_error(name, fmt::format("capacity must be >= 0, got {}", p.capacity));
+  if (p.counts == nullptr) throw_argument_error(name, "counts is null");
+  if (p.capacity > 0 && p.table == nullptr) throw_argument_error(name, "table is null");
+  if (reinterpret_cast<uintptr_t>(p.counts) % 4 != 0 || reinterpret_cast<uintptr_t>(p.table) % 4 != 0)
+    throw_argument_error(name, "table and counts must be 4-byte aligned");
+}
+
+void validate_workspace(const DynamicMaskArgs& a) {
+  if (a.workspace == nullptr) throw_argument_error("workspace", "is null");
+  if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0)
+    throw_argument_error("workspace", "must be 256-byte aligned");
+}
+
+}  // namespace
+
+int64_t round_heads_per_pass(const DynamicMaskArgs& a, int64_t wanted) {
+  const int64_t group = a.q_heads / a.kv_heads;
+  if (wanted >= group) return std::min(a.q_heads, wanted / group * group);
+  int64_t d = std::max<int64_t>(wanted, 1);
+  while (group % d != 0) --d;
+  return d;
+}
+
+DynamicMaskLayout dynamic_mask_layout(const DynamicMaskArgs& a, const ColumnPlanShape& shape,
+                                      int64_t heads_per_pass) {
+  const int64_t nq = shape.num_query_blocks(), ng = shape.num_key_groups(), group = a.q_heads / a.kv_heads;
+  const int64_t pooled_rows = a.batch * a.q_heads * nq;
+  DynamicMaskLayout l;
+  l.heads_per_pass = heads_per_pass;
+  // Statistics pass: enough key splits to fill the GPU; each a whole number of key tiles, none empty.
+  const int64_t tiles = (shape.tokens + kDynKeyTile - 1) / kDynKeyTile;
+  const int64_t ctas = (group * nq + kDynRowTile - 1) / kDynRowTile * a.batch * a.kv_heads;
+  const int64_t splits = std::clamp<int64_t>((kDynTargetCtas + ctas - 1) / ctas, 1, std::min(kDynMaxSplits, tiles));
+  l.stats_split_keys = (tiles + splits - 1) / splits * kDynKeyTile;
+  l.stats_splits = (shape.tokens + l.stats_split_keys - 1) / l.stats_split_keys;
+  int64_t at = 0;
+  auto take = [&](int64_t bytes) {
+    const int64_t offset = at;
+    at += align256(bytes);
+    return offset;
+  };
+  l.pooled = take(pooled_rows * a.head_dim * 2);
+  l.lse = take(pooled_rows * 4);
+  l.partial = take(l.stats_splits * pooled_rows * 8);
+  l.fixed_bytes = at;
+  l.mass = take(heads_per_pass * nq * ng * 4);
+  l.row_ties = take(heads_per_pass * nq * int64_t(sizeof(DynRowTies)));
+  l.head_state = take(heads_per_pass * int64_t(sizeof(DynHeadState)));
+  l.head_hist = take(heads_per_pass * int64_t(sizeof(DynHeadHist)));
+  l.total = at;
+  return l;
+}
+
+DynamicMaskLayout validate_dynamic_mask_build(const DynamicMaskArgs& a, const DeviceColumnPlan& out) {
+  const ColumnPlanShape& shape = out.shape;
+  validate_common(a, shape);
+  validate_plan("out", out, shape);
+  detail::check_selection_values(shape, a.selection);
+  if (a.selection.window != nullptr)
+    throw_argument_error("window", "selection.window (a host plan) must be null on the GPU; pass the eligible "
+                                   "groups as a device plan in DynamicMaskArgs::window");
+  if (a.window != nullptr) {
+    validate_plan("window", *a.window, shape);
+    if (shape.num_key_groups() > kMaxWindowGroups)
+      throw_argument_error("window", fmt::format("the GPU builder supports a window with at most {} key groups, the "
+                                                 "plan has {}", kMaxWindowGroups, shape.num_key_groups()));
+  }
+  validate_workspace(a);
+  // The most heads per pass the workspace holds.
+  for (int64_t want = a.q_heads; want >= 1; --want) {
+    if (round_heads_per_pass(a, want) != want) continue;
+    const DynamicMaskLayout l = dynamic_mask_layout(a, shape, want);
+    if (l.total <= a.workspace_bytes) return l;
+  }
+  throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs at least {} "
+                                                "(dynamic_mask_workspace_bytes(args, shape, 1))",
+                                                a.workspace_bytes, dynamic_mask_layout(a, shape, 1).total));
+}
+
+DynamicMaskLayout validate_dynamic_mask_estimate(const DynamicMaskArgs& a, const ColumnPlanShape& shape,
+                                                 const float* mass) {
+  validate_common(a, shape);
+  if (mass == nullptr) throw_argument_error("mass", "is null");
+  if (reinterpret_cast<uintptr_t>(mass) % 4 != 0) throw_argument_error("mass", "must be 4-byte aligned");
+  validate_workspace(a);
+  const DynamicMaskLayout l = dynamic_mask_layout(a, shape, a.q_heads);
+  if (a.workspace_bytes < l.fixed_bytes)
+    throw_argument_error("workspace", fmt::format("holds {} bytes; the estimate needs {} (covered by "
+                                                  "dynamic_mask_workspace_bytes(args, shape, 1))",
+                                                  a.workspace_bytes, l.fixed_bytes));
+  return l;
+}
+
+uint32_t threshold_key(double threshold) {
+  if (!(threshold > 0.0)) return 0;
+  float f = static_cast<float>(threshold);
+  if (static_cast<double>(f) < threshold) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  if (!(f < 2.0f)) return uint32_t{1} << 30;
+  uint32_t bits;
+  static_assert(sizeof bits == sizeof f);
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+}  // namespace kernels
+
+int64_t dynamic_mask_workspace_bytes(const DynamicMaskArgs& args, const ColumnPlanShape& shape,
+                                     int64_t heads_per_pass) {
+  kernels::validate_common(args, shape);
+  if (heads_per_pass < 0 || heads_per_pass > args.q_heads)
+    throw_argument_error("heads_per_pass",
+                         fmt::format("must be in [0, q_heads = {}], got {}", args.q_heads, heads_per_pass));
+  const int64_t hpp = kernels::round_heads_per_pass(args, heads_per_pass == 0 ? args.q_heads : heads_per_pass);
+  return kernels::dynamic_mask_layout(args, shape, hpp).total;
+}
+
+}  // namespace tileattn
