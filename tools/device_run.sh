@@ -21,7 +21,7 @@ for s in $steps; do
     sanitize)
       for tool in memcheck racecheck synccheck; do
         timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 .carry/bin/tileattn_gpu_tests \
-          --gtest_filter="${SANITIZE_FILTER:-StaForwardGpu.SmallFixedShapes:StaBackwardGpu.SanitizerSubset}" \
+          --gtest_filter="${SANITIZE_FILTER:-StaForwardGpu.SmallFixedShapes:StaBackwardGpu.SanitizerSubset:FgForwardGpu.MalformedPlanIsClampedAndSkipped:FgForwardGpu.SyntheticPlans:DynamicMaskGpu.EdgeShapes}" \
           > "$OUT/sanitize_$tool.log" 2>&1
         echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|hazard' "$OUT/sanitize_$tool.log" | tail -2 | tr '\n' ' ')"
       done ;;
