@@ -100,6 +100,45 @@ int tileattn_build_synthetic_column_plan(const tileattn_column_plan* plan, int32
 /* Copies the plan to the host and validates it (the message names "counts" or "table"); synchronizes the stream. */
 int tileattn_check_column_plan(const tileattn_column_plan* plan, void* cuda_stream);
 
+/* ---- FG-Attn: dynamic fine-grained masks built on the GPU (see tileattn/dynamic_mask_gpu.hpp) ---- */
+
+typedef enum tileattn_selection_rule {
+  TILEATTN_RULE_TOP_P = 0,           /* per row: fewest groups by descending mass reaching p of the eligible mass */
+  TILEATTN_RULE_TOP_K = 1,           /* per row: the top_k groups of highest mass, plus the always-kept groups */
+  TILEATTN_RULE_THRESHOLD = 2,       /* per row: every group with mass >= threshold, plus the always-kept groups */
+  TILEATTN_RULE_TARGET_SPARSITY = 3  /* per head: one threshold on mass per key reaching target_sparsity */
+} tileattn_selection_rule;
+
+typedef struct tileattn_dynamic_mask_args {
+  int32_t abi_version; /* TILEATTN_ABI_VERSION */
+  int32_t dtype;       /* tileattn_dtype */
+  int64_t batch, q_heads, kv_heads, head_dim; /* head_dim 64 or 128; kv_heads divides q_heads */
+  tileattn_tensor q, k; /* [batch, heads, tokens, head_dim], in the plan's token order; k 16-byte aligned rows */
+  float scale;          /* 0: 1/sqrt(head_dim) */
+  int32_t rule;         /* tileattn_selection_rule */
+  double p;             /* TOP_P, in (0, 1] */
+  int64_t top_k;        /* TOP_K, >= 0 (ColumnSelection::k) */
+  double threshold;     /* THRESHOLD, >= 0 */
+  double target_sparsity; /* TARGET_SPARSITY, in [0, 1) */
+  int32_t keep_diagonal;    /* 1: always keep the groups overlapping the query block's own positions */
+  int32_t always_keep_text; /* 1: always keep the groups holding text keys (the last text_len positions) */
+  int64_t text_len;
+  const tileattn_column_plan* window; /* optional (NULL: all groups eligible): a device plan of the output's shape */
+  void* workspace;                    /* device, 256-byte aligned, tileattn_dynamic_mask_workspace_bytes bytes */
+  int64_t workspace_bytes;
+} tileattn_dynamic_mask_args;
+
+/* Workspace bytes for building a plan of out_shape_plan's shape (only its tokens, heads, query_block, key_group are
+ * read) with heads_per_pass query heads' masses resident at once (0: all heads, the fastest; 1: the least). */
+int tileattn_dynamic_mask_workspace_bytes(const tileattn_dynamic_mask_args* args,
+                                          const tileattn_column_plan* out_shape_plan, int64_t heads_per_pass,
+                                          int64_t* bytes);
+/* Estimates the attention mass per (head, query block, key group) from q and k and writes the rule's selection into
+ * out (every row, every slot; unused slots -1; a row longer than out->capacity keeps its capacity groups of highest
+ * priority). On the stream, no host synchronization, no allocation (CUDA-graph capturable). */
+int tileattn_build_dynamic_column_plan(const tileattn_dynamic_mask_args* args, const tileattn_column_plan* out,
+                                       void* cuda_stream);
+
 /* Reads a mask-strategy file (FastVideo's format or tileattn's), validates it, and writes it in tileattn's JSON format
  * (NUL-terminated) into buffer. *needed receives the size the text needs (NUL included); if capacity is smaller the
  * call returns TILEATTN_ERROR_ARGUMENT naming "capacity" and writes nothing: call again with a larger buffer. */

@@ -8,11 +8,13 @@ from ._ffi import LibraryNotFound, TileattnArgumentError, TileattnError, Tileatt
 
 __version__ = "0.1.0"
 __all__ = ["STAConfig", "sta_attention", "tile", "untile", "FgPlan", "fg_attention", "synthetic_fg_plan",
-           "MaskStrategy", "DenoisingStep", "SlidingTileAttnProcessor", "ActivationCapture", "CaptureProcessor",
-           "TileattnError", "TileattnArgumentError", "TileattnFileError", "LibraryNotFound", "library"]
+           "dynamic_fg_plan", "FgMaskCache", "MaskStrategy", "DenoisingStep", "SlidingTileAttnProcessor",
+           "ActivationCapture", "CaptureProcessor", "TileattnError", "TileattnArgumentError", "TileattnFileError",
+           "LibraryNotFound", "library"]
 
 _LAZY = {"STAConfig": "sta", "sta_attention": "sta", "tile": "sta", "untile": "sta", "FgPlan": "fg",
-         "fg_attention": "fg", "synthetic_fg_plan": "fg", "MaskStrategy": "strategy",
+         "fg_attention": "fg", "synthetic_fg_plan": "fg", "dynamic_fg_plan": "fg", "FgMaskCache": "fg",
+         "MaskStrategy": "strategy",
          "DenoisingStep": "processor", "SlidingTileAttnProcessor": "processor", "ActivationCapture": "capture",
          "CaptureProcessor": "capture"}
 

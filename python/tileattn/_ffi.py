@@ -11,6 +11,7 @@ STATUS_OK, STATUS_ARGUMENT, STATUS_CUDA, STATUS_INTERNAL, STATUS_FILE = 0, -1, -
 DTYPE_BF16, DTYPE_FP16 = 0, 1
 LAYOUT_NATURAL, LAYOUT_TILE_MAJOR = 0, 1
 MASK_RANDOM, MASK_LOCAL = 0, 1
+RULE_TOP_P, RULE_TOP_K, RULE_THRESHOLD, RULE_TARGET_SPARSITY = 0, 1, 2, 3
 
 
 class Tensor(ctypes.Structure):
@@ -53,6 +54,21 @@ class FgForwardArgs(ctypes.Structure):
         ("q", Tensor), ("k", Tensor), ("v", Tensor), ("out", Tensor),
         ("lse", ctypes.c_void_p), ("scale", ctypes.c_float), ("reserved", ctypes.c_int32),
         ("plan", ColumnPlan),
+        ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_int64),
+    ]
+
+
+class DynamicMaskArgs(ctypes.Structure):
+    _fields_ = [
+        ("abi_version", ctypes.c_int32), ("dtype", ctypes.c_int32),
+        ("batch", ctypes.c_int64), ("q_heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("q", Tensor), ("k", Tensor),
+        ("scale", ctypes.c_float), ("rule", ctypes.c_int32),
+        ("p", ctypes.c_double), ("top_k", ctypes.c_int64), ("threshold", ctypes.c_double),
+        ("target_sparsity", ctypes.c_double),
+        ("keep_diagonal", ctypes.c_int32), ("always_keep_text", ctypes.c_int32), ("text_len", ctypes.c_int64),
+        ("window", ctypes.POINTER(ColumnPlan)),
         ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_int64),
     ]
 
@@ -107,6 +123,14 @@ def library():
                 lib.tileattn_build_synthetic_column_plan.restype = ctypes.c_int
                 lib.tileattn_check_column_plan.argtypes = [ctypes.POINTER(ColumnPlan), ctypes.c_void_p]
                 lib.tileattn_check_column_plan.restype = ctypes.c_int
+            if hasattr(lib, "tileattn_build_dynamic_column_plan"):
+                lib.tileattn_dynamic_mask_workspace_bytes.argtypes = [
+                    ctypes.POINTER(DynamicMaskArgs), ctypes.POINTER(ColumnPlan), ctypes.c_int64,
+                    ctypes.POINTER(ctypes.c_int64)]
+                lib.tileattn_dynamic_mask_workspace_bytes.restype = ctypes.c_int
+                lib.tileattn_build_dynamic_column_plan.argtypes = [ctypes.POINTER(DynamicMaskArgs),
+                                                                   ctypes.POINTER(ColumnPlan), ctypes.c_void_p]
+                lib.tileattn_build_dynamic_column_plan.restype = ctypes.c_int
             lib.tileattn_last_error.restype = ctypes.c_char_p
             lib.tileattn_gpu_kernels_available.restype = ctypes.c_int
             lib.tileattn_abi_version.restype = ctypes.c_int
@@ -127,6 +151,15 @@ def fg_library():
     lib = library()
     if not hasattr(lib, "tileattn_fg_forward"):
         raise TileattnError(f"{lib._name} was built before FG-Attn (no tileattn_fg_forward); rebuild it")
+    return lib
+
+
+def dynamic_mask_library():
+    """The loaded libtileattn, checked to have the GPU dynamic-mask builder's entry points."""
+    lib = fg_library()
+    if not hasattr(lib, "tileattn_build_dynamic_column_plan"):
+        raise TileattnError(f"{lib._name} was built before the dynamic mask builder (no "
+                            "tileattn_build_dynamic_column_plan); rebuild it")
     return lib
 
 

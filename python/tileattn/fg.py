@@ -7,12 +7,17 @@ row = head * ceil(tokens / M) + query block). One plan serves every batch elemen
 
     plan = tileattn.synthetic_fg_plan(tokens, heads, 128, 16, sparsity=0.7)   # built on the GPU
     out = tileattn.fg_attention(q, k, v, plan)
+
+Dynamic (training-free) plans estimated from q and k on the GPU, rebuilt every R denoising steps:
+
+    cache = tileattn.FgMaskCache(refresh_interval=5)
+    plan = cache.get(step, lambda: tileattn.dynamic_fg_plan(q, k, rule="top_p", p=0.9))
 """
 from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -21,6 +26,8 @@ from .sta import _triple
 
 _QUERY_BLOCKS = (16, 32, 64, 128)
 _KINDS = {"random": _ffi.MASK_RANDOM, "local": _ffi.MASK_LOCAL}
+_RULES = {"top_p": _ffi.RULE_TOP_P, "top_k": _ffi.RULE_TOP_K, "threshold": _ffi.RULE_THRESHOLD,
+          "target_sparsity": _ffi.RULE_TARGET_SPARSITY}
 
 
 def _positive_int(value, name: str) -> int:
@@ -245,6 +252,155 @@ def synthetic_fg_plan(tokens: int, heads: int, query_block: int, key_group: int,
             ctypes.byref(plan._c_plan()), _KINDS[kind], sparsity, seed, video_arr, text_len, int(bool(keep_diagonal)),
             ctypes.c_void_p(stream)))
     return plan
+
+
+def _nonnegative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _same_shape_plan(plan, name: str, shape) -> "FgPlan":
+    if not isinstance(plan, FgPlan):
+        raise TypeError(f"{name} must be a tileattn.FgPlan, got {type(plan).__name__}")
+    if (plan.tokens, plan.heads, plan.query_block, plan.key_group) != shape:
+        raise ValueError(f"{name} is a plan for (tokens, heads, query_block, key_group) = "
+                         f"{(plan.tokens, plan.heads, plan.query_block, plan.key_group)}, not {shape}")
+    return plan
+
+
+def dynamic_fg_plan(q: torch.Tensor, k: torch.Tensor, query_block: int = 128, key_group: int = 16,
+                    rule: str = "top_p", p: float = 0.9, k_groups: int = 8, threshold: float = 0.01,
+                    target_sparsity: float = 0.5, keep_diagonal: bool = True, always_keep_text: bool = False,
+                    text_len: int = 0, window: Optional[FgPlan] = None, capacity: Optional[int] = None,
+                    scale: Optional[float] = None, out: Optional[FgPlan] = None, heads_per_pass: int = 0) -> FgPlan:
+    """A training-free FG-Attn plan estimated from q and k on the GPU (on the current stream; no host
+    synchronization), the GPU version of the CPU oracle build_dynamic_column_plan (tileattn/dynamic_mask_gpu.hpp).
+
+    Estimate: for each (head, query block of query_block rows) the mean query of the block is scored against every key
+    of its kv head; a softmax over the keys gives each key group of key_group positions a mass (averaged over the
+    batch: one plan serves the batch). Select, per rule:
+      "top_p": per row, the fewest groups by descending mass that, with the always-kept ones, reach p (in (0, 1]) of
+        the row's eligible mass;
+      "top_k": per row, the k_groups (>= 0) groups of highest mass plus the always-kept ones;
+      "threshold": per row, every group with mass >= threshold plus the always-kept ones;
+      "target_sparsity": per head, one threshold on mass per key so the head's sparsity reaches target_sparsity.
+    Always kept: the groups overlapping the query block's own positions (keep_diagonal) and, with always_keep_text,
+    the groups holding the last text_len positions (text is last). window: an FgPlan of the output's shape listing
+    the eligible groups per row (nothing outside it is kept); None: all groups.
+
+    q/k: [B, heads, S, D] CUDA bf16/fp16 tensors (any strides with D contiguous; k's rows 16-byte aligned), D in
+    {64, 128}; k may have fewer heads (GQA). scale: None = 1/sqrt(D).
+    capacity: slots per row of the new plan. Default: for "top_k" an upper bound of k_groups + the always-kept groups
+    ((query_block - 1) // key_group + 2 diagonal groups, (text_len - 1) // key_group + 2 text groups), else every key
+    group; never more than the number of key groups. A row the rule makes longer keeps its capacity groups of highest
+    priority (always-kept first, then by mass).
+    out: an FgPlan of this shape to rebuild into (its capacity and the device are used; no plan allocation; for reuse
+    across steps and CUDA graphs). heads_per_pass: query heads whose masses stay resident at once (0: all, the
+    fastest; fewer heads need less workspace). The workspace is a temporary torch uint8 tensor.
+    Returns the plan written. Raises ValueError/TypeError or TileattnArgumentError naming the argument.
+    """
+    for name, t in (("q", q), ("k", k)):
+        ops.check_half_tensor(name, t)
+    if q.dtype != k.dtype:
+        raise TypeError(f"q and k must share a dtype, got {q.dtype}, {k.dtype}")
+    if q.device != k.device:
+        raise ValueError(f"q and k must be on one device, got {q.device}, {k.device}")
+    if k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
+        raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"kv_heads ({k.shape[1]}) must divide q heads ({q.shape[1]})")
+    batch, heads, tokens, head_dim = q.shape
+    _check_shape(tokens, heads, query_block, key_group)
+    shape = (tokens, heads, query_block, key_group)
+    if rule not in _RULES:
+        raise ValueError(f"rule must be one of {sorted(_RULES)}, got {rule!r}")
+    _nonnegative_int(k_groups, "k_groups")
+    _nonnegative_int(text_len, "text_len")
+    _nonnegative_int(heads_per_pass, "heads_per_pass")
+    if window is not None:
+        _same_shape_plan(window, "window", shape)
+        if window.device != q.device:
+            raise ValueError(f"window must be on q's device {q.device}, got {window.device}")
+    groups = _cdiv(tokens, key_group)
+    if out is not None:
+        _same_shape_plan(out, "out", shape)
+        if out.device != q.device:
+            raise ValueError(f"out must be on q's device {q.device}, got {out.device}")
+        if capacity is not None and capacity != out.capacity:
+            raise ValueError(f"capacity ({capacity}) differs from out's capacity ({out.capacity}); leave it None")
+    elif capacity is None:
+        capacity = groups
+        if rule == "top_k":
+            forced = ((query_block - 1) // key_group + 2 if keep_diagonal else 0) + \
+                     ((text_len - 1) // key_group + 2 if always_keep_text and text_len > 0 else 0)
+            capacity = min(groups, k_groups + forced)
+    plan = out if out is not None else FgPlan.empty(tokens, heads, query_block, key_group, capacity, q.device)
+
+    a = _ffi.DynamicMaskArgs()
+    a.abi_version = _ffi.ABI_VERSION
+    a.dtype = ops._DTYPES[q.dtype]
+    a.batch, a.q_heads, a.kv_heads, a.head_dim = batch, heads, k.shape[1], head_dim
+    a.q, a.k = ops._tensor_desc(q), ops._tensor_desc(k)
+    a.scale = float(scale or 0.0)
+    a.rule = _RULES[rule]
+    a.p, a.top_k, a.threshold, a.target_sparsity = float(p), k_groups, float(threshold), float(target_sparsity)
+    a.keep_diagonal, a.always_keep_text, a.text_len = int(bool(keep_diagonal)), int(bool(always_keep_text)), text_len
+    c_window = window._c_plan() if window is not None else None  # kept alive for the call
+    a.window = ctypes.pointer(c_window) if c_window is not None else None
+    c_out = plan._c_plan()
+    lib = _ffi.dynamic_mask_library()
+    bytes_ = ctypes.c_int64(0)
+    _ffi.check(lib.tileattn_dynamic_mask_workspace_bytes(ctypes.byref(a), ctypes.byref(c_out), heads_per_pass,
+                                                         ctypes.byref(bytes_)))
+    with torch.cuda.device(q.device):
+        workspace = torch.empty(bytes_.value, dtype=torch.uint8, device=q.device)  # the allocator aligns to 512
+        a.workspace, a.workspace_bytes = workspace.data_ptr(), bytes_.value
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        _ffi.check(lib.tileattn_build_dynamic_column_plan(ctypes.byref(a), ctypes.byref(c_out),
+                                                          ctypes.c_void_p(stream)))
+    return plan
+
+
+class FgMaskCache:
+    """Reuses an FgPlan across denoising steps with the C++ MaskCache's policy (tileattn/dynamic_mask.hpp):
+    get(step, build) calls build() when there is no plan yet, when step - built_step >= refresh_interval, or when
+    step < built_step (a new sampling run); otherwise it returns the cached plan. With refresh_interval R and steps 0,
+    1, 2, ... it builds at 0, R, 2R, ... A build that raises leaves the cache empty. Pure Python; holds one plan (use
+    one cache per attention layer)."""
+
+    def __init__(self, refresh_interval: int):
+        self._refresh_interval = _positive_int(refresh_interval, "refresh_interval")
+        self._plan = None
+        self._built_step = -1
+
+    @property
+    def refresh_interval(self) -> int:
+        return self._refresh_interval
+
+    @property
+    def built_step(self) -> int:
+        """The step of the cached plan; -1 when empty."""
+        return self._built_step
+
+    @property
+    def has_plan(self) -> bool:
+        return self._plan is not None
+
+    def get(self, step: int, build: Callable[[], FgPlan]) -> FgPlan:
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        if not callable(build):
+            raise TypeError(f"build must be callable, got {type(build).__name__}")
+        if self._plan is None or step < self._built_step or step - self._built_step >= self._refresh_interval:
+            self.clear()  # a raising builder leaves the cache empty rather than stale
+            self._plan = build()
+            self._built_step = step
+        return self._plan
+
+    def clear(self) -> None:
+        self._plan = None
+        self._built_step = -1
 
 
 def fg_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: FgPlan, scale: Optional[float] = None,

@@ -17,21 +17,26 @@ _DTYPES = {torch.bfloat16: _ffi.DTYPE_BF16, torch.float16: _ffi.DTYPE_FP16}
 _LAYOUTS = {"natural": _ffi.LAYOUT_NATURAL, "tile_major": _ffi.LAYOUT_TILE_MAJOR}
 
 
+def check_half_tensor(name: str, t) -> None:
+    """A [B, heads, S, D] CUDA bf16/fp16 tensor with D contiguous; TypeError/ValueError naming it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}")
+    if t.device.type != "cuda":
+        raise ValueError(f"{name} must be on a CUDA device, got {t.device}")
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
+
+
 def check_qkv(q, k, v) -> None:
     """What every attention kernel needs of q/k/v [B, heads, S, D]: CUDA tensors of one half dtype and device, D
     contiguous, k and v alike with q's batch, tokens and head_dim (their head count may differ: GQA). Raises
     TypeError/ValueError naming the tensor."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}")
-        if t.device.type != "cuda":
-            raise ValueError(f"{name} must be on a CUDA device, got {t.device}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
+        check_half_tensor(name, t)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):

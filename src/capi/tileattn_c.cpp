@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tileattn/capture.hpp"
+#include "tileattn/dynamic_mask_gpu.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/fg.hpp"
 #include "tileattn/mask_strategy.hpp"
@@ -74,9 +75,9 @@ void check_header(const Args* a) {
     throw_argument_error("dtype", fmt::format("must be TILEATTN_BF16 (0) or TILEATTN_FP16 (1), got {}", a->dtype));
 }
 
-// The fields the STA and FG forward structs share: dtype, shape, tensors, LSE, scale.
+// The fields every struct with q and k shares: dtype, shape, q, k, scale.
 template <class CArgs, class Args>
-void copy_common(const CArgs* a, Args& args) {
+void copy_qk(const CArgs* a, Args& args) {
   args.dtype = static_cast<tileattn::DType>(a->dtype);
   args.batch = a->batch;
   args.q_heads = a->q_heads;
@@ -84,10 +85,16 @@ void copy_common(const CArgs* a, Args& args) {
   args.head_dim = a->head_dim;
   args.q = tensor(a->q);
   args.k = tensor(a->k);
+  args.scale = a->scale;
+}
+
+// The fields the STA and FG forward structs share: those of copy_qk, v, out, LSE.
+template <class CArgs, class Args>
+void copy_common(const CArgs* a, Args& args) {
+  copy_qk(a, args);
   args.v = tensor(a->v);
   args.out = tensor(a->out);
   args.lse = a->lse;
-  args.scale = a->scale;
 }
 
 }  // namespace
@@ -136,6 +143,34 @@ tileattn::FgForwardArgs fg_args(const tileattn_fg_forward_args* a) {
   FgForwardArgs args;
   copy_common(a, args);
   args.plan = column_plan(&a->plan);
+  args.workspace = a->workspace;
+  args.workspace_bytes = a->workspace_bytes;
+  return args;
+}
+
+// The C struct as DynamicMaskArgs; `window` holds the window plan the result points into.
+tileattn::DynamicMaskArgs dynamic_mask_args(const tileattn_dynamic_mask_args* a, tileattn::DeviceColumnPlan& window) {
+  using namespace tileattn;
+  check_header(a);
+  if (a->rule < TILEATTN_RULE_TOP_P || a->rule > TILEATTN_RULE_TARGET_SPARSITY)
+    throw_argument_error("rule", fmt::format("must be TILEATTN_RULE_TOP_P (0), TILEATTN_RULE_TOP_K (1), "
+                                             "TILEATTN_RULE_THRESHOLD (2) or TILEATTN_RULE_TARGET_SPARSITY (3), got {}",
+                                             a->rule));
+  DynamicMaskArgs args;
+  copy_qk(a, args);
+  ColumnSelection& s = args.selection;
+  s.rule = static_cast<SelectionRule>(a->rule);
+  s.p = a->p;
+  s.k = a->top_k;
+  s.threshold = a->threshold;
+  s.target_sparsity = a->target_sparsity;
+  s.keep_diagonal = a->keep_diagonal != 0;
+  s.always_keep_text = a->always_keep_text != 0;
+  s.text_len = a->text_len;
+  if (a->window != nullptr) {
+    window = column_plan(a->window);
+    args.window = &window;
+  }
   args.workspace = a->workspace;
   args.workspace_bytes = a->workspace_bytes;
   return args;
@@ -212,6 +247,29 @@ int tileattn_build_synthetic_column_plan(const tileattn_column_plan* plan, int32
 int tileattn_check_column_plan(const tileattn_column_plan* plan, void* stream) {
   return guarded(
       [&] { tileattn::check_device_column_plan(column_plan(plan), static_cast<tileattn::StreamHandle>(stream)); });
+}
+
+int tileattn_dynamic_mask_workspace_bytes(const tileattn_dynamic_mask_args* a, const tileattn_column_plan* shape_plan,
+                                          int64_t heads_per_pass, int64_t* bytes) {
+  return guarded([&] {
+    using namespace tileattn;
+    if (bytes == nullptr) throw_argument_error("bytes", "is NULL");
+    DeviceColumnPlan window;
+    const DynamicMaskArgs args = dynamic_mask_args(a, window);
+    if (shape_plan == nullptr) throw_argument_error("out_shape_plan", "is NULL");
+    *bytes = dynamic_mask_workspace_bytes(args, column_plan(shape_plan).shape, heads_per_pass);
+  });
+}
+
+int tileattn_build_dynamic_column_plan(const tileattn_dynamic_mask_args* a, const tileattn_column_plan* out,
+                                       void* stream) {
+  return guarded([&] {
+    using namespace tileattn;
+    DeviceColumnPlan window;
+    const DynamicMaskArgs args = dynamic_mask_args(a, window);
+    if (out == nullptr) throw_argument_error("out", "is NULL");
+    build_dynamic_column_plan_gpu(args, column_plan(out), static_cast<StreamHandle>(stream));
+  });
 }
 
 int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed) {

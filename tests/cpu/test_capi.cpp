@@ -145,6 +145,103 @@ TEST(CApi, FgValidCallsWithoutGpuReportCudaError) {
   EXPECT_EQ(tileattn_check_column_plan(&a.plan, nullptr), TILEATTN_ERROR_CUDA);
 }
 
+namespace {
+// A well-formed dynamic-mask call on 256 tokens, 2 query heads, 1 kv head, M = 128, N = 16 (host pointers: the calls
+// below fail before anything reads them).
+tileattn_dynamic_mask_args valid_dyn_args() {
+  static char buffer[1 << 12] alignas(256);
+  static char workspace[1 << 20] alignas(256);
+  tileattn_dynamic_mask_args a{};
+  a.abi_version = TILEATTN_ABI_VERSION;
+  a.dtype = TILEATTN_BF16;
+  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
+  tileattn_tensor t{buffer, 0, 256 * 128, 128};
+  a.q = a.k = t;
+  a.rule = TILEATTN_RULE_TOP_K;
+  a.p = 0.9, a.top_k = 4, a.threshold = 0.01, a.target_sparsity = 0.5;
+  a.keep_diagonal = 1;
+  a.workspace = workspace;
+  a.workspace_bytes = sizeof workspace;
+  return a;
+}
+// Both entry points on `a`, expecting `status` from each; returns the build's message.
+std::string dyn_error(const tileattn_dynamic_mask_args* a, int expect_status) {
+  const tileattn_column_plan out = valid_fg_args().plan;
+  int64_t bytes = -1;
+  EXPECT_EQ(tileattn_dynamic_mask_workspace_bytes(a, &out, 0, &bytes), expect_status);
+  const std::string bytes_message = tileattn_last_error();
+  EXPECT_EQ(tileattn_build_dynamic_column_plan(a, &out, nullptr), expect_status);
+  std::string message = tileattn_last_error();
+  if (expect_status == TILEATTN_ERROR_ARGUMENT) EXPECT_EQ(bytes_message, message);
+  return message;
+}
+}  // namespace
+
+TEST(CApi, DynamicMaskCallsNameTheBadArgument) {
+  EXPECT_TRUE(names(dyn_error(nullptr, TILEATTN_ERROR_ARGUMENT), "args"));
+  auto a = valid_dyn_args();
+  a.abi_version = TILEATTN_ABI_VERSION + 1;
+  EXPECT_TRUE(names(dyn_error(&a, TILEATTN_ERROR_ARGUMENT), "abi_version"));
+  a = valid_dyn_args();
+  a.dtype = 2;
+  EXPECT_TRUE(names(dyn_error(&a, TILEATTN_ERROR_ARGUMENT), "dtype"));
+  for (int32_t rule : {-1, 4}) {
+    a = valid_dyn_args();
+    a.rule = rule;
+    EXPECT_TRUE(names(dyn_error(&a, TILEATTN_ERROR_ARGUMENT), "rule"));
+  }
+  a = valid_dyn_args();
+  a.head_dim = 96;
+  EXPECT_TRUE(names(dyn_error(&a, TILEATTN_ERROR_ARGUMENT), "head_dim"));
+  a = valid_dyn_args();
+  a.kv_heads = 3;
+  EXPECT_TRUE(names(dyn_error(&a, TILEATTN_ERROR_ARGUMENT), "kv_heads"));
+
+  // Checked by the build alone: the selection values, the output, the window, the workspace.
+  const tileattn_column_plan out = valid_fg_args().plan;
+  a = valid_dyn_args();
+  a.top_k = -1;
+  EXPECT_EQ(tileattn_build_dynamic_column_plan(&a, &out, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'k'"));
+  a = valid_dyn_args();
+  a.rule = TILEATTN_RULE_TOP_P, a.p = 0.0;
+  EXPECT_EQ(tileattn_build_dynamic_column_plan(&a, &out, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'p'"));
+  a = valid_dyn_args();
+  EXPECT_EQ(tileattn_build_dynamic_column_plan(&a, nullptr, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'out'"));
+  tileattn_column_plan window = out;
+  window.tokens = 512;  // not the output's shape
+  a.window = &window;
+  EXPECT_EQ(tileattn_build_dynamic_column_plan(&a, &out, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'window'"));
+  a = valid_dyn_args();
+  a.workspace_bytes = 16;
+  EXPECT_EQ(tileattn_build_dynamic_column_plan(&a, &out, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'workspace'"));
+  a = valid_dyn_args();
+  EXPECT_EQ(tileattn_dynamic_mask_workspace_bytes(&a, &out, 0, nullptr), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'bytes'"));
+  EXPECT_EQ(tileattn_dynamic_mask_workspace_bytes(&a, nullptr, 0, &window.capacity), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'out_shape_plan'"));
+  EXPECT_EQ(tileattn_dynamic_mask_workspace_bytes(&a, &out, 3, &window.capacity), TILEATTN_ERROR_ARGUMENT);
+  EXPECT_TRUE(names(tileattn_last_error(), "'heads_per_pass'"));
+}
+
+TEST(CApi, DynamicMaskValidCallsWithoutGpuReportCudaError) {
+  const auto a = valid_dyn_args();
+  const tileattn_column_plan out = valid_fg_args().plan;
+  int64_t all = 0, one = 0;
+  ASSERT_EQ(tileattn_dynamic_mask_workspace_bytes(&a, &out, 0, &all), TILEATTN_OK) << tileattn_last_error();
+  ASSERT_EQ(tileattn_dynamic_mask_workspace_bytes(&a, &out, 1, &one), TILEATTN_OK) << tileattn_last_error();
+  EXPECT_GT(one, 0);
+  EXPECT_GE(all, one);
+  EXPECT_LE(all, a.workspace_bytes);
+  if (tileattn_gpu_kernels_available()) GTEST_SKIP() << "a GPU is present; covered by the GPU tests";
+  EXPECT_EQ(tileattn_build_dynamic_column_plan(&a, &out, nullptr), TILEATTN_ERROR_CUDA);
+  EXPECT_TRUE(names(tileattn_last_error(), "build_dynamic_column_plan_gpu"));
+}
+
 TEST(CApi, ReadsAndNormalisesMaskStrategies) {
   const std::string path = ::testing::TempDir() + "/capi_strategy.json";
   {
