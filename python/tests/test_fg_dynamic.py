@@ -120,7 +120,7 @@ def oracle_selection(mass, forced, rule, k_groups, threshold):
     n_free = (~forced).sum(-1, keepdim=True)
     kth = ranked.gather(-1, (torch.clamp(n_free, max=k_groups) - 1).clamp(min=0))
     keep = forced.clone()
-    order = free.argsort(-1, descending=True, stable=True)
+    order = torch.argsort(free, dim=-1, descending=True, stable=True)
     take = torch.arange(mass.shape[-1], device=mass.device)[None, None] < torch.clamp(n_free, max=k_groups)
     keep.scatter_(-1, order, take | keep.gather(-1, order))
     return keep, kth
