@@ -9,6 +9,7 @@
 
 #include "host/dynamic_mask_checks.hpp"
 #include "kernels/dynamic_mask_layout.hpp"
+#include "kernels/fg_validation.hpp"
 #include "kernels/sta_validation.hpp"
 #include "tileattn/error.hpp"
 
@@ -24,13 +25,7 @@ int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Everything but the selection, the output and the workspace.
 void validate_common(const DynamicMaskArgs& a, const ColumnPlanShape& shape) {
-  if (a.dtype != DType::bf16 && a.dtype != DType::fp16) throw_argument_error("dtype", "must be bf16 or fp16");
-  if (a.head_dim != 64 && a.head_dim != 128)
-    throw_argument_error("head_dim", fmt::format("must be 64 or 128, got {}", a.head_dim));
-  if (a.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", a.batch));
-  if (a.q_heads < 1) throw_argument_error("q_heads", fmt::format("must be >= 1, got {}", a.q_heads));
-  if (a.kv_heads < 1 || a.q_heads % a.kv_heads != 0)
-    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", a.q_heads, a.kv_heads));
+  validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim);
   if (a.batch * a.kv_heads > 65535)
     throw_argument_error("batch", fmt::format("batch * kv_heads must be <= 65535, got {}", a.batch * a.kv_heads));
   shape.validate();
@@ -52,11 +47,7 @@ void validate_plan(const char* name, const DeviceColumnPlan& p, const ColumnPlan
     throw_argument_error(name, fmt::format("must have the plan's shape (tokens {}, heads {}, query_block {}, "
                                            "key_group {})", shape.tokens, shape.heads, shape.query_block,
                                            shape.key_group));
-  if (p.capacity < 0) throw_argument_error(name, fmt::format("capacity must be >= 0, got {}", p.capacity));
-  if (p.counts == nullptr) throw_argument_error(name, "counts is null");
-  if (p.capacity > 0 && p.table == nullptr) throw_argument_error(name, "table is null");
-  if (reinterpret_cast<uintptr_t>(p.counts) % 4 != 0 || reinterpret_cast<uintptr_t>(p.table) % 4 != 0)
-    throw_argument_error(name, "table and counts must be 4-byte aligned");
+  validate_device_column_plan(p, name);
 }
 
 void validate_workspace(const DynamicMaskArgs& a) {

@@ -12,25 +12,23 @@
 
 namespace tileattn {
 
-void validate_device_column_plan(const DeviceColumnPlan& plan) {
+void validate_device_column_plan(const DeviceColumnPlan& plan, const char* argument) {
+  auto fail = [&](const char* field, const std::string& what) {
+    if (argument == nullptr) throw_argument_error(field, what);
+    throw_argument_error(argument, fmt::format("{} {}", field, what));
+  };
   plan.shape.validate();
   if (plan.shape.tokens >= (int64_t{1} << 31) - 1024)
-    throw_argument_error("tokens", fmt::format("must be < 2^31 - 1024 (int32 positions), got {}", plan.shape.tokens));
-  if (plan.capacity < 0) throw_argument_error("capacity", fmt::format("must be >= 0, got {}", plan.capacity));
-  if (plan.counts == nullptr) throw_argument_error("counts", "is null");
-  if (plan.table == nullptr && plan.capacity > 0) throw_argument_error("table", "is null");
+    fail("tokens", fmt::format("must be < 2^31 - 1024 (int32 positions), got {}", plan.shape.tokens));
+  if (plan.capacity < 0) fail("capacity", fmt::format("must be >= 0, got {}", plan.capacity));
+  if (plan.counts == nullptr) fail("counts", "is null");
+  if (plan.table == nullptr && plan.capacity > 0) fail("table", "is null");
   if (reinterpret_cast<uintptr_t>(plan.counts) % 4 != 0 || reinterpret_cast<uintptr_t>(plan.table) % 4 != 0)
-    throw_argument_error("table", "table and counts must be 4-byte aligned int32 arrays");
+    fail("table", "and counts must be 4-byte aligned int32 arrays");
 }
 
 void validate_fg_forward_args(const FgForwardArgs& a) {
-  if (a.dtype != DType::bf16 && a.dtype != DType::fp16) throw_argument_error("dtype", "must be bf16 or fp16");
-  if (a.head_dim != 64 && a.head_dim != 128)
-    throw_argument_error("head_dim", fmt::format("must be 64 or 128, got {}", a.head_dim));
-  if (a.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", a.batch));
-  if (a.q_heads < 1) throw_argument_error("q_heads", fmt::format("must be >= 1, got {}", a.q_heads));
-  if (a.kv_heads < 1 || a.q_heads % a.kv_heads != 0)
-    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", a.q_heads, a.kv_heads));
+  validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim);
   validate_device_column_plan(a.plan);
   if (a.plan.shape.heads != a.q_heads)
     throw_argument_error("plan", fmt::format("has {} heads, the call {} query heads", a.plan.shape.heads, a.q_heads));

@@ -10,8 +10,9 @@ namespace tileattn {
 // Throws ArgumentError naming the offending argument (the plan's fields by their names: "tokens", "heads",
 // "query_block", "key_group", "capacity", "table", "counts"; "plan" for a plan that does not fit the tensors).
 void validate_fg_forward_args(const FgForwardArgs& args);
-// The shape and capacity of a device plan; throws ArgumentError naming the field.
-void validate_device_column_plan(const DeviceColumnPlan& plan);
+// The shape, capacity and storage of a device plan; throws ArgumentError naming the field, or naming `argument`
+// (the message then says which field) when the plan is one argument among others ("out", "window").
+void validate_device_column_plan(const DeviceColumnPlan& plan, const char* argument = nullptr);
 
 namespace kernels {
 

@@ -32,6 +32,20 @@ void validate_device_tensor(const char* name, const DeviceTensor& t, int64_t bat
   if (batch > 1 && t.batch_stride == 0) throw_argument_error(name, "batch_stride is 0 with more than one batch element");
 }
 
+void validate_head_shape(DType dtype, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                         int64_t max_q_heads) {
+  if (dtype != DType::bf16 && dtype != DType::fp16) throw_argument_error("dtype", "must be bf16 or fp16");
+  if (head_dim != 64 && head_dim != 128)
+    throw_argument_error("head_dim", fmt::format("must be 64 or 128, got {}", head_dim));
+  if (batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", batch));
+  if (q_heads < 1 || q_heads > max_q_heads)
+    throw_argument_error("q_heads", max_q_heads == INT64_MAX
+                                        ? fmt::format("must be >= 1, got {}", q_heads)
+                                        : fmt::format("must be in [1, {}], got {}", max_q_heads, q_heads));
+  if (kv_heads < 1 || q_heads % kv_heads != 0)
+    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", q_heads, kv_heads));
+}
+
 void validate_gpu_tile(const Extent3& tile) {
   const int64_t plane = tile.h * tile.w;
   if (plane != 16 && plane != 32 && plane != 64)
@@ -47,14 +61,7 @@ void validate_gpu_tile(const Extent3& tile) {
 
 void validate_sta_forward_args(const StaForwardArgs& a) {
   // ---- shapes ----
-  if (a.dtype != DType::bf16 && a.dtype != DType::fp16) throw_argument_error("dtype", "must be bf16 or fp16");
-  if (a.head_dim != 64 && a.head_dim != 128)
-    throw_argument_error("head_dim", fmt::format("must be 64 or 128, got {}", a.head_dim));
-  if (a.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", a.batch));
-  if (a.q_heads < 1 || a.q_heads > kMaxQueryHeads)
-    throw_argument_error("q_heads", fmt::format("must be in [1, {}], got {}", kMaxQueryHeads, a.q_heads));
-  if (a.kv_heads < 1 || a.q_heads % a.kv_heads != 0)
-    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", a.q_heads, a.kv_heads));
+  validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim, kMaxQueryHeads);
   const VideoGeometry geo(a.video, a.tile, a.text_len);
   validate_gpu_tile(a.tile);
   if (a.layout == TokenLayout::tile_major && !geo.tiles_exact())
