@@ -43,7 +43,7 @@ void validate_fg_forward_args(const FgForwardArgs& a) {
   if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw_argument_error("lse", "must be 4-byte aligned");
   if (!std::isfinite(a.scale) || a.scale < 0.0f)
     throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
-  const int64_t needed = fg_forward_workspace_bytes(a);
+  const int64_t needed = kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity).total;  // plan checked above
   if (needed > 0) {
     if (a.workspace == nullptr)
       throw_argument_error("workspace", fmt::format("is null; query_block {} < 128 needs {} bytes "
