@@ -114,6 +114,10 @@ class BlockPlan {
 // against the grid; the argument name in errors is "windows[h]").
 BlockPlan build_sta_plan(const BlockPartition& partition, std::span<const Window> windows);
 
+// The per-head window table of a call: `windows` holds 0 entries (dense: the full grid for every head), 1 (shared by
+// every head) or q_heads; anything else throws ArgumentError naming "windows".
+std::vector<Window> per_head_windows(const Extent3& grid, std::span<const Window> windows, int64_t q_heads);
+
 // Every query block visits every key block.
 BlockPlan build_dense_plan(const BlockPartition& partition, int64_t heads);
 

@@ -147,6 +147,33 @@ int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity
  * a JSON summary into buffer, sized as for tileattn_mask_strategy_read: {"video_shape", "text_len", "step", "layer",
  * "prompt", "metadata", "shape": [B, heads, S, D], "dtypes": {"q": "BF16", ...}, "l2_norms": {"q": ..., ...}}. */
 int tileattn_capture_inspect(const char* path, char* buffer, int64_t capacity, int64_t* needed);
+/* ---- CPU reference path: STA forward and backward on host fp32 tensors, no GPU needed ----
+ * The same semantics as tileattn_sta_forward / tileattn_sta_backward (windows, text, text_valid, GQA, scale), computed
+ * by the CPU reference (reference.hpp) over the STA plan: what PyTorch's CPU tensors run, and the kernels' oracle. */
+typedef struct tileattn_sta_reference_args {
+  int32_t abi_version;  /* TILEATTN_ABI_VERSION */
+  int32_t accumulation; /* 0: fp32 sums, 1: fp64 sums */
+  int64_t batch, q_heads, kv_heads, head_dim; /* any head_dim >= 1; kv_heads divides q_heads */
+  int64_t video[3];     /* T, H, W */
+  int64_t tile[3];      /* tt, th, tw (any tile: the CPU has no kernel constraints) */
+  int64_t text_len;
+  const float* q;       /* contiguous [batch, q_heads, tokens, head_dim], natural token order */
+  const float* k;       /* contiguous [batch, kv_heads, tokens, head_dim] */
+  const float* v;       /* as k */
+  const int32_t* text_valid; /* optional host [batch] (clamped to [0, text_len]) */
+  const int64_t* windows;    /* host array of num_windows (wt, wh, ww) triples; NULL/0 = dense */
+  int64_t num_windows;       /* 0, 1 or q_heads */
+  float scale;               /* 0: 1/sqrt(head_dim) */
+  int32_t threads;           /* 0: every hardware thread */
+} tileattn_sta_reference_args;
+
+/* out: [batch, q_heads, tokens, head_dim]; lse (optional): [batch, q_heads, tokens], natural log (-inf: no key). */
+int tileattn_sta_reference_forward(const tileattn_sta_reference_args* args, float* out, float* lse);
+/* Gradients for the upstream gradient grad_out (out's shape): grad_q has q's shape, grad_k / grad_v k's (summed over
+ * each GQA group). */
+int tileattn_sta_reference_backward(const tileattn_sta_reference_args* args, const float* grad_out, float* grad_q,
+                                    float* grad_k, float* grad_v);
+
 /* 1 if this build has the kernels and the current device can run them, else 0. */
 int tileattn_gpu_kernels_available(void);
 const char* tileattn_last_error(void);

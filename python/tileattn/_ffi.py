@@ -73,6 +73,19 @@ class DynamicMaskArgs(ctypes.Structure):
     ]
 
 
+class StaReferenceArgs(ctypes.Structure):
+    _fields_ = [
+        ("abi_version", ctypes.c_int32), ("accumulation", ctypes.c_int32),
+        ("batch", ctypes.c_int64), ("q_heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("video", ctypes.c_int64 * 3), ("tile", ctypes.c_int64 * 3), ("text_len", ctypes.c_int64),
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+        ("text_valid", ctypes.c_void_p),
+        ("windows", ctypes.POINTER(ctypes.c_int64)), ("num_windows", ctypes.c_int64),
+        ("scale", ctypes.c_float), ("threads", ctypes.c_int32),
+    ]
+
+
 class TileattnError(RuntimeError):
     """A call into libtileattn failed; the message names the argument or the CUDA problem."""
 
@@ -131,6 +144,13 @@ def library():
                 lib.tileattn_build_dynamic_column_plan.argtypes = [ctypes.POINTER(DynamicMaskArgs),
                                                                    ctypes.POINTER(ColumnPlan), ctypes.c_void_p]
                 lib.tileattn_build_dynamic_column_plan.restype = ctypes.c_int
+            if hasattr(lib, "tileattn_sta_reference_forward"):
+                lib.tileattn_sta_reference_forward.argtypes = [ctypes.POINTER(StaReferenceArgs), ctypes.c_void_p,
+                                                               ctypes.c_void_p]
+                lib.tileattn_sta_reference_forward.restype = ctypes.c_int
+                lib.tileattn_sta_reference_backward.argtypes = [ctypes.POINTER(StaReferenceArgs)] + \
+                    [ctypes.c_void_p] * 4
+                lib.tileattn_sta_reference_backward.restype = ctypes.c_int
             lib.tileattn_last_error.restype = ctypes.c_char_p
             lib.tileattn_gpu_kernels_available.restype = ctypes.c_int
             lib.tileattn_abi_version.restype = ctypes.c_int
@@ -151,6 +171,15 @@ def fg_library():
     lib = library()
     if not hasattr(lib, "tileattn_fg_forward"):
         raise TileattnError(f"{lib._name} was built before FG-Attn (no tileattn_fg_forward); rebuild it")
+    return lib
+
+
+def reference_library():
+    """The loaded libtileattn, checked to have the CPU reference path (STA on CPU tensors)."""
+    lib = library()
+    if not hasattr(lib, "tileattn_sta_reference_forward"):
+        raise TileattnError(f"{lib._name} was built before the CPU path (no tileattn_sta_reference_forward); "
+                            "rebuild it")
     return lib
 
 

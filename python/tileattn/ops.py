@@ -14,29 +14,36 @@ import torch
 from . import _ffi
 
 _DTYPES = {torch.bfloat16: _ffi.DTYPE_BF16, torch.float16: _ffi.DTYPE_FP16}
+# The CPU path runs the C++ reference in fp32 (fp64 sums for fp64 inputs), whatever the input's float dtype.
+_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LAYOUTS = {"natural": _ffi.LAYOUT_NATURAL, "tile_major": _ffi.LAYOUT_TILE_MAJOR}
 
 
-def check_half_tensor(name: str, t) -> None:
-    """A [B, heads, S, D] CUDA bf16/fp16 tensor with D contiguous; TypeError/ValueError naming it."""
+def check_half_tensor(name: str, t, allow_cpu: bool = False) -> None:
+    """A [B, heads, S, D] CUDA bf16/fp16 tensor with D contiguous (with allow_cpu, also a CPU tensor of a float
+    dtype: the reference path); TypeError/ValueError naming it."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 4:
         raise ValueError(f"{name} must be [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}")
+    if allow_cpu and t.device.type == "cpu":
+        if t.dtype not in _CPU_DTYPES:
+            raise TypeError(f"{name} on the CPU must be float32, float64, bfloat16 or float16, got {t.dtype}")
+        return
     if t.device.type != "cuda":
-        raise ValueError(f"{name} must be on a CUDA device, got {t.device}")
+        raise ValueError(f"{name} must be on a CUDA device{' or the CPU' if allow_cpu else ''}, got {t.device}")
     if t.dtype not in _DTYPES:
         raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
     if t.stride(-1) != 1:
         raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
 
 
-def check_qkv(q, k, v) -> None:
+def check_qkv(q, k, v, allow_cpu: bool = False) -> None:
     """What every attention kernel needs of q/k/v [B, heads, S, D]: CUDA tensors of one half dtype and device, D
-    contiguous, k and v alike with q's batch, tokens and head_dim (their head count may differ: GQA). Raises
-    TypeError/ValueError naming the tensor."""
+    contiguous (allow_cpu: or CPU tensors of one float dtype), k and v alike with q's batch, tokens and head_dim
+    (their head count may differ: GQA). Raises TypeError/ValueError naming the tensor."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_half_tensor(name, t)
+        check_half_tensor(name, t, allow_cpu)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -148,6 +155,64 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 sta_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- The CPU path: the same two ops on CPU tensors, computed by the C++ reference (tileattn_sta_reference_*) ----
+
+def _reference_call(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale):
+    """fp32 contiguous natural-order copies of q/k/v and the C ABI's reference description (keep all alive)."""
+    from .sta import tile as to_tile_major, untile  # sta imports this module
+    def host(t):
+        t = t.detach().to(torch.float32)
+        if layout == "tile_major":
+            t = untile(t, video_shape, tile, text_len)
+        return t.contiguous()
+    qf, kf, vf = host(q), host(k), host(v)
+    win = (ctypes.c_int64 * max(1, len(windows)))(*windows)
+    tv = text_valid.to(torch.int32).contiguous() if text_valid is not None else None
+    a = _ffi.StaReferenceArgs()
+    a.abi_version = _ffi.ABI_VERSION
+    a.accumulation = 1 if q.dtype == torch.float64 else 0
+    a.batch, a.q_heads, a.kv_heads, a.head_dim = q.shape[0], q.shape[1], k.shape[1], q.shape[3]
+    a.video[:] = list(video_shape)
+    a.tile[:] = list(tile)
+    a.text_len = text_len
+    a.q, a.k, a.v = qf.data_ptr(), kf.data_ptr(), vf.data_ptr()
+    a.text_valid = tv.data_ptr() if tv is not None else None
+    a.windows = ctypes.cast(win, ctypes.POINTER(ctypes.c_int64))
+    a.num_windows = len(windows) // 3
+    a.scale = scale
+    a.threads = torch.get_num_threads()
+    restore = (lambda t: to_tile_major(t, video_shape, tile, text_len)) if layout == "tile_major" else (lambda t: t)
+    return a, (qf, kf, vf, tv, win), restore
+
+
+@sta_forward.register_kernel("cpu")
+def _sta_forward_cpu(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale):
+    a, keep, restore = _reference_call(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale)
+    out = torch.empty(keep[0].shape, dtype=torch.float32)
+    lse = torch.empty(keep[0].shape[:3], dtype=torch.float32)
+    _ffi.check(_ffi.reference_library().tileattn_sta_reference_forward(ctypes.byref(a), out.data_ptr(),
+                                                                       lse.data_ptr()))
+    if layout == "tile_major":  # lse [B, H, S] as [B, H, S, 1] through the same token permutation
+        lse = restore(lse.unsqueeze(-1)).squeeze(-1)
+    return restore(out).to(q.dtype), lse
+
+
+@sta_backward.register_kernel("cpu")
+def _sta_backward_cpu(grad_out, q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale,
+                      deterministic):
+    # The reference recomputes the softmax from q and k (out and lse unused); it is deterministic in every mode.
+    a, keep, restore = _reference_call(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale)
+    go = grad_out.detach().to(torch.float32)
+    if layout == "tile_major":
+        from .sta import untile
+        go = untile(go, video_shape, tile, text_len)
+    go = go.contiguous()
+    dq, dk, dv = (torch.empty(t.shape, dtype=torch.float32) for t in keep[:3])
+    _ffi.check(_ffi.reference_library().tileattn_sta_reference_backward(
+        ctypes.byref(a), go.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr()))
+    return restore(dq).to(q.dtype), restore(dk).to(k.dtype), restore(dv).to(v.dtype)
 
 
 # ---- FG-Attn forward (fine-grained column plans; see tileattn.fg) ----

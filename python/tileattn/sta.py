@@ -99,10 +99,13 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
     window: (wt, wh, ww) in tiles for every head, one triple per query head, or None for dense attention.
     text_valid: optional int32 [B] on q's device: valid text tokens per sample (the rest get no weight).
     Returns O [B, heads, S, D] (and the fp32 log-sum-exp [B, heads, S] if return_lse).
+
+    CUDA tensors (bf16/fp16) run the sm_90a kernels. CPU tensors (fp32, fp64, bf16, fp16) run the C++ reference with
+    the same semantics, forward and backward: fp32 arithmetic (fp64 sums for fp64 inputs), output in q's dtype.
     """
     video_shape = _triple(video_shape, "video_shape")
     tile_shape = _triple(tile, "tile")
-    ops.check_qkv(q, k, v)
+    ops.check_qkv(q, k, v, allow_cpu=True)
     n_tokens = math.prod(video_shape) + int(text_len)
     if q.shape[2] != n_tokens:
         raise ValueError(f"q has {q.shape[2]} tokens but video_shape {video_shape} + text_len {text_len} = {n_tokens}")

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <utility>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -14,6 +16,8 @@
 #include "tileattn/error.hpp"
 #include "tileattn/fg.hpp"
 #include "tileattn/mask_strategy.hpp"
+#include "tileattn/plan.hpp"
+#include "tileattn/reference.hpp"
 #include "tileattn/sta.hpp"
 
 namespace {
@@ -295,6 +299,89 @@ int tileattn_capture_inspect(const char* path, char* buffer, int64_t capacity, i
                           {"shape", {info.batch, info.heads, info.tokens, info.head_dim}},
                           {"dtypes", dtypes}, {"l2_norms", norms}};
     return doc.dump();
+  });
+}
+
+namespace {
+
+// The reference path's problem, resolved once: shape, the STA plan over the per-head windows, text_valid, options.
+struct StaReferenceProblem {
+  tileattn::AttentionShape shape;
+  std::optional<tileattn::BlockPlan> plan;
+  std::vector<int32_t> text_valid;
+  tileattn::ReferenceOptions options;
+
+  size_t q_elements() const { return size_t(shape.batch * shape.q_heads * shape.tokens * shape.head_dim); }
+  size_t kv_elements() const { return size_t(shape.batch * shape.kv_heads * shape.tokens * shape.head_dim); }
+};
+
+StaReferenceProblem sta_reference_problem(const tileattn_sta_reference_args* a) {
+  using namespace tileattn;
+  if (a == nullptr) throw_argument_error("args", "is NULL");
+  if (a->abi_version != TILEATTN_ABI_VERSION)
+    throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
+                                                    a->abi_version));
+  if (a->accumulation != 0 && a->accumulation != 1)
+    throw_argument_error("accumulation", fmt::format("must be 0 (fp32) or 1 (fp64), got {}", a->accumulation));
+  if (a->num_windows < 0 || a->num_windows > a->q_heads || (a->num_windows > 0 && a->windows == nullptr))
+    throw_argument_error("windows", fmt::format("num_windows = {} must be 0, 1 or q_heads = {} with a non-NULL array",
+                                                a->num_windows, a->q_heads));
+  for (auto [name, p] : {std::pair{"q", a->q}, std::pair{"k", a->k}, std::pair{"v", a->v}})
+    if (p == nullptr) throw_argument_error(name, "is NULL");
+  const VideoGeometry geometry({a->video[0], a->video[1], a->video[2]}, {a->tile[0], a->tile[1], a->tile[2]},
+                               a->text_len);
+  StaReferenceProblem p;
+  p.shape = {a->batch, a->q_heads, a->kv_heads, geometry.num_tokens(), a->head_dim};
+  if (p.shape.batch < 1) throw_argument_error("batch", fmt::format("must be >= 1, got {}", p.shape.batch));
+  if (p.shape.head_dim < 1) throw_argument_error("head_dim", fmt::format("must be >= 1, got {}", p.shape.head_dim));
+  if (p.shape.kv_heads < 1 || p.shape.q_heads % p.shape.kv_heads != 0)
+    throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", p.shape.q_heads, p.shape.kv_heads));
+  std::vector<Window> given(static_cast<size_t>(a->num_windows));
+  for (int64_t i = 0; i < a->num_windows; ++i)
+    given[i] = {a->windows[3 * i], a->windows[3 * i + 1], a->windows[3 * i + 2]};
+  p.plan.emplace(build_sta_plan(BlockPartition(geometry), per_head_windows(geometry.grid(), given, a->q_heads)));
+  if (a->text_valid != nullptr) p.text_valid.assign(a->text_valid, a->text_valid + a->batch);
+  p.options.scale = a->scale;
+  p.options.accumulation = a->accumulation == 1 ? Accumulation::fp64 : Accumulation::fp32;
+  p.options.threads = a->threads;
+  return p;
+}
+
+}  // namespace
+
+int tileattn_sta_reference_forward(const tileattn_sta_reference_args* a, float* out, float* lse) {
+  return guarded([&] {
+    using namespace tileattn;
+    const StaReferenceProblem p = sta_reference_problem(a);
+    if (out == nullptr) throw_argument_error("out", "is NULL");
+    std::vector<float> lse_scratch;
+    std::span<float> lse_span;
+    const size_t rows = size_t(p.shape.batch * p.shape.q_heads * p.shape.tokens);
+    if (lse == nullptr) {
+      lse_scratch.resize(rows);
+      lse_span = lse_scratch;
+    } else {
+      lse_span = {lse, rows};
+    }
+    reference_attention_plan(p.shape, *p.plan, p.text_valid, {a->q, p.q_elements()}, {a->k, p.kv_elements()},
+                             {a->v, p.kv_elements()}, {out, p.q_elements()}, lse_span, p.options);
+  });
+}
+
+int tileattn_sta_reference_backward(const tileattn_sta_reference_args* a, const float* grad_out, float* grad_q,
+                                    float* grad_k, float* grad_v) {
+  return guarded([&] {
+    using namespace tileattn;
+    const StaReferenceProblem p = sta_reference_problem(a);
+    for (auto [name, ptr] : {std::pair{"grad_out", static_cast<const void*>(grad_out)},
+                             std::pair{"grad_q", static_cast<const void*>(grad_q)},
+                             std::pair{"grad_k", static_cast<const void*>(grad_k)},
+                             std::pair{"grad_v", static_cast<const void*>(grad_v)}})
+      if (ptr == nullptr) throw_argument_error(name, "is NULL");
+    reference_attention_plan_backward(p.shape, *p.plan, p.text_valid, {a->q, p.q_elements()},
+                                      {a->k, p.kv_elements()}, {a->v, p.kv_elements()},
+                                      {grad_out, p.q_elements()}, {grad_q, p.q_elements()},
+                                      {grad_k, p.kv_elements()}, {grad_v, p.kv_elements()}, p.options);
   });
 }
 

@@ -23,6 +23,17 @@ void append_all_blocks(const BlockPartition& p, std::vector<int32_t>& row) {
 }
 }  // namespace
 
+std::vector<Window> per_head_windows(const Extent3& grid, std::span<const Window> windows, int64_t q_heads) {
+  const auto n = static_cast<int64_t>(windows.size());
+  if (q_heads < 1) throw_argument_error("q_heads", fmt::format("must be >= 1, got {}", q_heads));
+  if (n != 0 && n != 1 && n != q_heads)
+    throw_argument_error("windows", fmt::format("expected 0 (dense), 1 (all heads) or q_heads = {} windows, got {}",
+                                                q_heads, n));
+  std::vector<Window> out(static_cast<size_t>(q_heads), grid);
+  for (int64_t h = 0; h < q_heads && n > 0; ++h) out[h] = windows[n == 1 ? 0 : h];
+  return out;
+}
+
 BlockPlan build_sta_plan(const BlockPartition& p, std::span<const Window> windows) {
   const VideoGeometry& g = p.geometry();
   const Extent3 grid = g.grid();
