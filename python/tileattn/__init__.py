@@ -20,6 +20,9 @@ _LAZY = {"STAConfig": "sta", "sta_attention": "sta", "tile": "sta", "untile": "s
 
 
 def __getattr__(name):  # PEP 562: torch-dependent parts load on first use
+    if name in ("diffusers", "distributed"):  # submodules: tileattn.diffusers.enable_sta(...)
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         import importlib
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

@@ -1,16 +1,17 @@
 """Capture attention activations for calibration (`tileattn calibrate CAPTURE_DIR ...`).
 
-`ActivationCapture` wraps a pipeline's attention processors the way SlidingTileAttnProcessor does: while a wrapped
-processor runs, its F.scaled_dot_product_attention call over `n_video + text_len` tokens is recorded (and then runs
-as usual, dense). For every chosen (step, layer) it writes `step{S}_layer{L}_prompt{P}.safetensors` holding `q`, `k`,
+`ActivationCapture.attach(pipe_or_transformer)` hooks the self-attention layers of a diffusers HunyuanVideo /
+HunyuanVideo 1.5 / Wan transformer (as tileattn.diffusers does; processors untouched, so q/k/v are recorded after
+RoPE and norms); `wrap(processor, layer)` wraps one processor (its signature kept) for other models. The attention
+call (dispatch_attention_fn or SDPA) over `n_video + text_len` tokens is recorded and then runs as usual, dense. For every chosen (step, layer) it writes `step{S}_layer{L}_prompt{P}.safetensors` holding `q`, `k`,
 `v` as [B, heads, S, D] (bf16, fp16 or fp32 as the model computes them; other dtypes as fp32) with the string metadata
 `video_shape` ("TxHxW"), `text_len`, `step`, `layer` and `prompt`: the format the C++ reader validates.
 
     capture = tileattn.ActivationCapture("captures/", video_shape=(30, 48, 80), text_len=256, steps=[20, 30],
-                                         layers=range(0, 40, 4), prompt="p0")
-    for i, block in enumerate(transformer.transformer_blocks):
-        block.attn.set_processor(capture.wrap(block.attn.processor, layer=i))
-    # advance capture.step.step in callback_on_step_end; set capture.prompt before each prompt
+                                         layers=range(0, 60, 4), prompt="p0")
+    hooks = capture.attach(pipe)       # set capture.prompt before each prompt; the step follows the timesteps
+    pipe(prompt, ...)
+    hooks.remove()
 
 Wrap the original (dense) processors, not STA ones: calibration compares windows against dense attention.
 """
@@ -22,7 +23,8 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from .processor import DenoisingStep, _route
+from . import _intercept
+from .processor import DenoisingStep
 
 Triple = Tuple[int, int, int]
 
@@ -55,6 +57,35 @@ class ActivationCapture:
         prompt = re.sub(r"[^A-Za-z0-9_.-]", "_", self.prompt)
         return os.path.join(self.out_dir, f"step{self.step.step}_layer{layer}_prompt{prompt}.safetensors")
 
+    def record(self, layer: int, call: "_intercept.AttentionCall") -> Optional[str]:
+        """Saves the call's q/k/v if it is the full video(+text) self-attention sequence of a wanted step/layer."""
+        q, k, v = call.bhsd()
+        if (self.wants(layer) and q.dim() == 4 and q.shape[2] == self.n_tokens and k.shape[2] == q.shape[2]
+                and v.shape == k.shape):
+            return self.save(layer, q, k, v)
+        return None
+
+    def attach(self, pipe_or_transformer):
+        """Record from a diffusers HunyuanVideo / HunyuanVideo 1.5 / Wan transformer (or a pipeline's) without
+        replacing its processors: every self-attention layer, layers numbered as tileattn.diffusers numbers them, the
+        step counted from the transformer's timestep (self.step follows it). Returns the hooks; call .remove()."""
+        from .diffusers import ModelHooks, _transformers_of
+
+        capture = self
+
+        class _CaptureHooks(ModelHooks):
+            def on_call(self, layer, call, video):
+                capture.step.step = self.step
+                if video is not None and tuple(video) != capture.video_shape:
+                    raise ValueError(f"the model runs video {tuple(video)}, the capture was made for "
+                                     f"{capture.video_shape}")
+                capture.record(layer, call)
+                return None
+
+        hooks = _CaptureHooks(_transformers_of(pipe_or_transformer))
+        hooks._install()
+        return hooks
+
     def save(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
         """Writes one capture; q/k/v are [B, heads, S, D] in natural token order."""
         from safetensors.torch import save_file
@@ -82,21 +113,25 @@ class ActivationCapture:
 
 
 class CaptureProcessor:
-    """Runs the wrapped processor unchanged, recording its full-sequence SDPA inputs at the chosen steps/layers."""
+    """Runs the wrapped processor unchanged (its call signature kept), recording its full-sequence attention inputs
+    (dispatch_attention_fn or SDPA) at the chosen steps/layers."""
 
     def __init__(self, processor, layer: int, capture: ActivationCapture):
         self.processor = processor
         self.layer = int(layer)
         self.capture = capture
+        _intercept.signature_preserving_wrapper(self, processor)
 
-    def _record(self, query, key, value, attn_mask, dropout_p, is_causal, scale):
-        if (query.dim() == 4 and query.shape[2] == self.capture.n_tokens and key.shape == query.shape
-                and value.shape == query.shape):
-            self.capture.save(self.layer, query, key, value)
-        return None  # the real SDPA runs
+    def _record(self, call: _intercept.AttentionCall):
+        self.capture.record(self.layer, call)
+        return None  # the real attention runs
 
-    def __call__(self, attn, hidden_states, *args, **kwargs):
+    def __call__(self, attn, *args, **kwargs):
         if not self.capture.wants(self.layer):
-            return self.processor(attn, hidden_states, *args, **kwargs)
-        with _route(self._record):
-            return self.processor(attn, hidden_states, *args, **kwargs)
+            return self.processor(attn, *args, **kwargs)
+        _intercept.install()
+        try:
+            with _intercept.active(self._record):
+                return self.processor(attn, *args, **kwargs)
+        finally:
+            _intercept.uninstall()
