@@ -283,6 +283,10 @@ class StaHandle(ModelHooks):
             reasons.append(reason)
             warnings.warn(f"tileattn STA, layer {layer}: ran dense: {reason}", RoutingWarning, stacklevel=3)
 
+    def on_unmatched(self, layer: int, tokens: int) -> None:
+        self._fallback(layer, f"no attention call over the layer's {tokens} tokens (other length, or another "
+                              "attention function)")
+
     def on_call(self, layer: int, call: _intercept.AttentionCall, video) -> Optional[torch.Tensor]:
         try:
             return self._sta(layer, call, video)

@@ -68,9 +68,14 @@ class SlidingTileAttnProcessor:
         return self._sta.on_call(self.layer, call, self.video_shape)
 
     def __call__(self, attn, *args, **kwargs):
+        before = (self.routed_calls, sum(self._sta.dense.values()), len(self._sta.fallbacks.get(self.layer, [])))
         _intercept.install()
         try:
             with _intercept.active(self._route):
-                return self.processor(attn, *args, **kwargs)
+                out = self.processor(attn, *args, **kwargs)
         finally:
             _intercept.uninstall()
+        after = (self.routed_calls, sum(self._sta.dense.values()), len(self._sta.fallbacks.get(self.layer, [])))
+        if after == before:  # no call over this layer's sequence at all: say so once
+            self._sta.on_unmatched(self.layer, self.n_tokens)
+        return out
