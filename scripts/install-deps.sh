@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything tileattn needs to build and test, from registries only:
 #   Debian packages (compiler tools and C++ libraries) through apt-get,
-#   the CuTe/CUTLASS headers from PyPI's nvidia-cutlass (headers only, --no-deps).
+#   the CuTe/CUTLASS headers from PyPI's nvidia-cutlass (headers only, --no-deps),
+#   the Python packages the Python tests use, from PyPI: torch, diffusers (pinned: the integration is tested against
+#   this release's model classes), safetensors, pytest, pyflakes.
 # The CUDA 13 toolkit (nvcc) is expected at /usr/local/cuda or on PATH; without it only the host parts build.
 set -euo pipefail
 
@@ -21,6 +23,11 @@ fi
 
 python3 -m pip install --quiet --no-deps "nvidia-cutlass==4.2.0.0" 2>/dev/null \
   || python3 -m pip install --quiet --no-deps --break-system-packages "nvidia-cutlass==4.2.0.0"
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
+}
+pip_install "torch==2.15.0" "diffusers==0.42.1" "safetensors>=0.8" "pytest>=8" pyflakes
+
 python3 - <<'PY'
 import os, cutlass_library
 inc = os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include")

@@ -96,15 +96,18 @@ def test_cuda_graph_capture_and_replay():
     (dict(text_len=5), "tokens"),
     (dict(video_shape=(6, 8)), "video_shape"),
     (dict(tile=(6, 6, 8)), "tile"),
-    (dict(device="cpu"), "CUDA"),
+    (dict(mixed=True), "one device"),  # CPU tensors alone are the CPU path (test_sta_cpu.py)
     (dict(head_dim=96), "head_dim"),
     (dict(layout="tiled"), "layout"),
 ])
 def test_bad_inputs_name_the_problem(change, needle):
     args = dict(video_shape=(12, 16, 16), tile=(6, 8, 8), window=(1, 1, 1), text_len=0, layout="natural")
     dtype, device, d = change.pop("dtype", torch.bfloat16), change.pop("device", "cuda"), change.pop("head_dim", 128)
+    mixed = change.pop("mixed", False)
     args.update(change)
     q, k, v = (torch.randn(1, 2, 12 * 16 * 16, d, device=device, dtype=dtype) for _ in range(3))
+    if mixed:
+        q = q.cpu()
     with pytest.raises((ValueError, TypeError, tileattn.TileattnError), match=needle):
         tileattn.sta_attention(q, k, v, **args)
 
