@@ -11,8 +11,6 @@ import datetime
 import importlib.util
 import json
 import os
-import socket
-import time
 import traceback
 
 import pytest
@@ -28,8 +26,8 @@ HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 
 TILE = (2, 2, 2)
 DEADLINE_S = 150  # per world size: spawn, every case, teardown
-OP_CASES = ["op_text0_per_head", "op_text_valid", "op_uneven_heads_and_tokens", "op_gqa", "op_p2p_all_to_all",
-            "op_dense", "op_autograd", "op_bad_shard_refused"]
+OP_CASES = ["op_text0_per_head", "op_chunked", "op_text_valid", "op_uneven_heads_and_tokens", "op_gqa",
+            "op_p2p_all_to_all", "op_dense", "op_autograd", "op_bad_shard_refused"]
 MODEL_CASES = ["wan_sta", "wan_dense", "hunyuan_sta", "hunyuan_dense"]
 RING_CASES = ["ring_refused_at_enable", "ring_refused_at_call"]
 
@@ -58,6 +56,9 @@ def _op_case(name, rank, world):
         H, Hk, text, window = 3, 3, 5, [(1, 2, 1), (2, 2, 3), (2, 1, 1)]
     elif name == "op_gqa":
         H, Hk, text, window = 8, 4, 4, [(1, 1, 1), (2, 1, 3), (1, 2, 1), (2, 2, 1)] * 2
+    elif name == "op_chunked":  # two head-group chunks per rank, async exchanges
+        H, Hk, text, valid = 8, 8, 6, torch.tensor([2, 6], dtype=torch.int32)
+        window = window * 2
     elif name == "op_dense":
         text, window = 4, None
     S = video[0] * video[1] * video[2] + text
@@ -95,7 +96,7 @@ def _op_case(name, rank, world):
     td.A2A_MODE = "p2p" if name == "op_p2p_all_to_all" else "auto"
     try:
         out = td.sta_attention_ulysses(*local, video_shape=video, window=window, tile=TILE, text_len=text,
-                                       text_valid=valid)
+                                       text_valid=valid, chunks=2 if name == "op_chunked" else None)
     finally:
         td.A2A_MODE = previous
     ref = sta_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), video, window, TILE, text,
@@ -227,30 +228,16 @@ def _worker(rank, world, port, outdir):
 
 # ---- the tests ----
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _RUNS = {}
 
 
 def _run(world, tmp_path_factory):
     if world not in _RUNS:
         outdir = str(tmp_path_factory.mktemp(f"gloo{world}"))
-        context = mp.start_processes(_worker, args=(world, _free_port(), outdir), nprocs=world, join=False,
-                                     start_method="spawn")
-        deadline = time.monotonic() + DEADLINE_S
+        from tileattn.distributed import spawn_local
         try:
-            while not context.join(timeout=2):
-                if time.monotonic() > deadline:
-                    for p in context.processes:
-                        if p.is_alive():
-                            p.kill()
-                    _RUNS[world] = {"error": f"the {world} processes did not finish within {DEADLINE_S} s"}
-                    break
-        except mp.ProcessRaisedException as e:
+            spawn_local(_worker, world, (outdir,), timeout=DEADLINE_S)
+        except (TimeoutError, mp.ProcessRaisedException, mp.ProcessExitedException) as e:
             _RUNS[world] = {"error": str(e)}
         if world not in _RUNS:
             ranks = []
@@ -311,3 +298,47 @@ def test_diffusers_context_parallel_equals_single_process(world, case, tmp_path_
 def test_ring_attention_refused(case, tmp_path_factory):
     per_rank = _case(_run(2, tmp_path_factory), case)
     assert all(r["refused"] for r in per_rank), per_rank
+
+
+# ---- bench/bench_multigpu.py's command line and summary (CPU; the benchmark itself needs 2+ GPUs) ----
+
+def _bench():
+    import importlib.util as iu
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_multigpu.py"
+    spec = iu.spec_from_file_location("bench_multigpu", path)
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_multigpu_arguments(capsys):
+    bench = _bench()
+    args = bench.parse_args(["--gpus", "2,1,4"])
+    assert args.gpus == [1, 2, 4]
+    assert args.windows == {"tileattn_sta_3x3x3": (3, 3, 3), "dense": None}
+    assert args.json.endswith("bench/results/h200-hunyuan-720p-multigpu.json")
+    assert bench.parse_args(["--methods", "tileattn_sta_5x3x3", "--layers", "2,4"]).layers == (2, 4)
+    for argv, needle in ((["--gpus", "2"], "must include 1"), (["--gpus", "1,3"], "text tokens 256"),
+                         (["--methods", "flash"], "unknown method"), (["--layers", "20"], "--layers"),
+                         (["--tiny", "--gpus", "1,4"], "heads 2")):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert needle in capsys.readouterr().err, argv
+    assert bench.MULTICAST_OFF == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                                   "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def test_bench_multigpu_summary():
+    bench = _bench()
+    raw = {1: {"tileattn_sta_3x3x3": {"step_ms": 1000.0}, "dense": {"step_ms": 3000.0}},
+           2: {"tileattn_sta_3x3x3": {"step_ms": 550.0, "all_to_all_ms": 55.0, "nccl_ms": 60.0,
+                                      "rel_l2_vs_gpus1": 1e-3},
+               "dense": {"step_ms": 1600.0, "all_to_all_ms": None, "nccl_ms": None}}}
+    res = bench.summarize(raw, [1, 2], ["tileattn_sta_3x3x3", "dense"])
+    assert res["tileattn_sta_3x3x3_efficiency_gpus2"] == pytest.approx(1000.0 / (2 * 550.0))
+    assert res["dense_efficiency_gpus2"] == pytest.approx(3000.0 / 3200.0)
+    assert res["tileattn_sta_3x3x3_all_to_all_share_gpus2"] == pytest.approx(0.1)
+    assert res["tileattn_sta_3x3x3_speedup_vs_dense_gpus2"] == pytest.approx(1600.0 / 550.0)
+    assert res["tileattn_sta_3x3x3_rel_l2_vs_gpus1_gpus2"] == 1e-3
+    assert "dense_all_to_all_share_gpus2" not in res and "tileattn_sta_3x3x3_efficiency_gpus1" not in res

@@ -29,7 +29,7 @@ from .sta import _triple, sta_attention
 
 Triple = Tuple[int, int, int]
 
-__all__ = ["sta_attention_ulysses", "ulysses_head_slice", "enable_context_parallel", "route_context_parallel",
+__all__ = ["sta_attention_ulysses", "spawn_local", "ulysses_head_slice", "enable_context_parallel", "route_context_parallel",
            "hunyuan_video_cp_plan", "wan_cp_plan", "ContextParallelError", "shard_sizes"]
 
 
@@ -135,7 +135,7 @@ def _ulysses(q, k, v, group, positions: torch.Tensor, local_len: int, attend: Ca
     hl, hkl = Hp // world, Hkp // world
     rank = dist.get_rank(group)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if grad or q.device.type != "cuda":
+    if grad:
         chunks = 1
     if chunks < 1 or hl % chunks or hkl % chunks:
         chunks = 1
@@ -236,8 +236,9 @@ def sta_attention_ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gro
         or one per query head (of all H heads; each rank uses its heads' windows), or None for dense.
     text_valid: optional int32 [B] on q's device, the same on every rank.
     H not divisible by N: the heads are padded with zero heads to the next multiple (wasted work on one rank).
-    chunks: head-group chunks whose exchange overlaps the previous chunk's attention (CUDA without autograd only);
-        default 2 on CUDA when each rank's head count is even, else 1.
+    chunks: head-group chunks whose exchange overlaps the previous chunk's attention (async collectives; not with
+        autograd; must divide each rank's head count, else 1); default 2 on CUDA when each rank's head count is even,
+        else 1 (on the CPU chunking only costs extra messages).
     Autograd: supported (the all-to-all's backward is the reverse all-to-all; STA's backward runs per rank); with
         gradients the exchange is not chunked. Returns this rank's [B, S_r, H, D]."""
     if video_shape is None:
@@ -503,3 +504,30 @@ def _wan_timestep_guard(module, args, kwargs):
         raise ContextParallelError("timestep: per-token timesteps [B, S] (Wan 2.2 TI2V) under tileattn's Wan "
                                    "context-parallel plan are not supported")
     return None
+
+
+# ---- local launches (tests, CPU experiments, single-host benchmarks) ----
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_local(fn, nprocs: int, args: tuple = (), timeout: float = 600.0) -> None:
+    """Run fn(rank, nprocs, port, *args) in nprocs fresh processes (torch.multiprocessing spawn), port a free
+    localhost TCP port for init_method=f"tcp://127.0.0.1:{port}". Returns when all exited cleanly; raises
+    torch.multiprocessing.ProcessRaisedException / ProcessExitedException for a failed process, or TimeoutError
+    after `timeout` seconds (the processes still running are killed)."""
+    import time
+    import torch.multiprocessing as mp
+    context = mp.start_processes(fn, args=(nprocs, _free_port()) + tuple(args), nprocs=nprocs, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                if p.is_alive():
+                    p.kill()
+            raise TimeoutError(f"{nprocs} processes did not finish within {timeout} s")
