@@ -145,14 +145,18 @@ def _ulysses(q, k, v, group, positions: torch.Tensor, local_len: int, attend: Ca
         x = x.view(B, L, world, per, D)[:, :, :, c * n:(c + 1) * n]
         return x.permute(2, 0, 3, 1, 4)
 
+    # The gathered order is the natural one (no padding, no text after each video shard): no reordering pass.
+    identity = positions.numel() == world * L and bool((positions == torch.arange(world * L,
+                                                                                 device=positions.device)).all())
+
     def gathered(buf, n):  # [world(src), B, n, L, D] -> natural order [B, n, S, D]
         x = buf.permute(1, 2, 0, 3, 4).reshape(B, n, world * L, D)
-        return x.index_select(2, positions)
+        return x if identity else x.index_select(2, positions)
 
     def to_tokens(o, n):  # natural [B, n, S, D] -> [world(dst), B, L, n, D] in gathered order
-        full = o.new_zeros(B, n, world * L, D)
-        full = full.index_copy(2, positions, o)
-        return full.view(B, n, world, L, D).permute(2, 0, 3, 1, 4)
+        if not identity:
+            o = o.new_zeros(B, n, world * L, D).index_copy(2, positions, o)
+        return o.reshape(B, n, world, L, D).permute(2, 0, 3, 1, 4)
 
     outs = []
     if grad or chunks == 1:
