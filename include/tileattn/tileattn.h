@@ -176,6 +176,10 @@ int tileattn_sta_reference_backward(const tileattn_sta_reference_args* args, con
 
 /* 1 if this build has the kernels and the current device can run them, else 0. */
 int tileattn_gpu_kernels_available(void);
+/* sizeof the named argument struct of this ABI ("tileattn_sta_forward_args", "tileattn_sta_backward_args",
+ * "tileattn_column_plan", "tileattn_fg_forward_args", "tileattn_dynamic_mask_args", "tileattn_tensor",
+ * "tileattn_sta_reference_args"), or -1 for an unknown name: bindings that mirror the structs check their layout. */
+int64_t tileattn_struct_size(const char* name);
 const char* tileattn_last_error(void);
 const char* tileattn_version(void);
 int tileattn_abi_version(void);

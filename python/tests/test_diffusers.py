@@ -441,3 +441,19 @@ def test_processor_wrapper_keeps_the_signature():
             attn.set_processor(originals[i])
     assert routed == [1, 1, 1, 1]
     assert rel(out, dense) < 1e-5
+
+
+def test_wan22_pipeline_two_transformers_share_one_step():
+    """Wan 2.2's pipeline holds two transformers (high- and low-noise experts): one handle, one step counter."""
+    import types
+    pipe = types.SimpleNamespace(transformer=wan(), transformer_2=wan())
+    handle = ta.enable_sta(pipe, window=(99, 99, 99), tile=TILE, strict=True)
+    try:
+        assert ta.sta_handle(pipe) is handle and ta.sta_handle(pipe.transformer_2) is handle
+        assert handle.num_layers == 4
+        forward(pipe.transformer, dict(wan_inputs(), timestep=torch.tensor([900.0])))
+        forward(pipe.transformer_2, dict(wan_inputs(), timestep=torch.tensor([400.0])))
+        assert handle.step == 1 and handle.routed == {0: 1, 1: 1, 2: 1, 3: 1}
+    finally:
+        ta.disable_sta(pipe)
+    assert ta.sta_handle(pipe.transformer) is None and ta.sta_handle(pipe.transformer_2) is None

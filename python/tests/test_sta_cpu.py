@@ -88,3 +88,24 @@ def test_bad_inputs_name_the_argument():
         tileattn.sta_attention(q, q, q, (2, 4, 5), (1, 1, 1), (1, 2, 2))
     with pytest.raises(ValueError, match="text_valid"):
         tileattn.sta_attention(q, q, q, (2, 4, 4), (1, 1, 1), (1, 2, 2), 0, torch.tensor([1]))
+
+
+def test_library_and_package_agree_on_the_abi():
+    """The ctypes mirrors of the C structs have the library's sizes (checked at load), and one version string."""
+    import ctypes
+    from tileattn import _ffi
+    lib = tileattn.library()
+    assert lib.tileattn_version().decode() == tileattn.__version__
+    for name, struct in _ffi._STRUCTS.items():
+        assert lib.tileattn_struct_size(name.encode()) == ctypes.sizeof(struct), name
+    assert lib.tileattn_struct_size(b"no_such_struct") == -1
+
+    class Short(ctypes.Structure):  # a mirror that lost a field must be refused
+        _fields_ = _ffi.StaReferenceArgs._fields_[:-2]
+    saved = _ffi._STRUCTS["tileattn_sta_reference_args"]
+    _ffi._STRUCTS["tileattn_sta_reference_args"] = Short
+    try:
+        with pytest.raises(tileattn.TileattnError, match="tileattn_sta_reference_args is"):
+            _ffi._check_struct_sizes(lib, "libtileattn.so")
+    finally:
+        _ffi._STRUCTS["tileattn_sta_reference_args"] = saved

@@ -160,10 +160,31 @@ def library():
                 fn.restype = ctypes.c_int
             if lib.tileattn_abi_version() != ABI_VERSION:
                 raise TileattnError(f"{path} speaks ABI {lib.tileattn_abi_version()}, this package {ABI_VERSION}")
+            _check_struct_sizes(lib, path)
             _lib = lib
             return lib
     raise LibraryNotFound("libtileattn.so not found; build it (cmake --workflow --preset default) or set "
                           "TILEATTN_LIBRARY. Looked in: " + ", ".join(tried))
+
+
+_STRUCTS = {"tileattn_tensor": Tensor, "tileattn_sta_forward_args": StaForwardArgs,
+            "tileattn_sta_backward_args": StaBackwardArgs, "tileattn_column_plan": ColumnPlan,
+            "tileattn_fg_forward_args": FgForwardArgs, "tileattn_dynamic_mask_args": DynamicMaskArgs,
+            "tileattn_sta_reference_args": StaReferenceArgs}
+
+
+def _check_struct_sizes(lib, path) -> None:
+    """The ctypes mirrors above against the library's own sizeof (a library without tileattn_struct_size predates
+    the check and is trusted by its ABI version)."""
+    if not hasattr(lib, "tileattn_struct_size"):
+        return
+    lib.tileattn_struct_size.argtypes = [ctypes.c_char_p]
+    lib.tileattn_struct_size.restype = ctypes.c_int64
+    for name, struct in _STRUCTS.items():
+        size = lib.tileattn_struct_size(name.encode())
+        if size >= 0 and size != ctypes.sizeof(struct):
+            raise TileattnError(f"{path}: struct {name} is {size} bytes in the library, {ctypes.sizeof(struct)} in "
+                                "tileattn._ffi: the package and the library disagree on the C ABI")
 
 
 def fg_library():

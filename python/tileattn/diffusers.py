@@ -229,11 +229,13 @@ class ModelHooks:
         stack.append(getattr(self._local, "video", None))
         self._local.stack = stack
         self._local.video = video_shape_of(module, latent) if isinstance(latent, torch.Tensor) else None
+        self._local.masks = {}  # per-call caches (StaHandle's mask analyses) live for one transformer call
         self.observe_timestep(bound.get("timestep"))
 
     def _transformer_post(self, module, args, output):
         stack = getattr(self._local, "stack", [])
         self._local.video = stack.pop() if stack else None
+        self._local.masks = {}
 
     def remove(self) -> None:
         for h in self._hooks:
@@ -325,7 +327,7 @@ class StaHandle(ModelHooks):
             raise _Unroutable(f"head_dim {q.shape[-1]} (the kernels take 64 or 128)")
         if q.shape[1] % k.shape[1] != 0:
             raise _Unroutable(f"{q.shape[1]} query heads over {k.shape[1]} key heads")
-        plan = _mask_plan(call.attn_mask, q.shape[0], tokens, n_video)
+        plan = self._mask_plan_cached(call.attn_mask, q.shape[0], tokens, n_video)
         from ._ffi import TileattnArgumentError
         try:
             out = sta_attention(q, k, v, video, windows, tile, tokens - n_video, plan.text_valid, scale=call.scale)
@@ -335,6 +337,20 @@ class StaHandle(ModelHooks):
             out = self._dense_rows(call, out, plan.padded_rows)
         self.routed[layer] = self.routed.get(layer, 0) + 1
         return call.from_bhsd(out)
+
+    def _mask_plan_cached(self, mask, batch, tokens, n_video) -> _MaskPlan:
+        """_mask_plan, once per mask tensor and transformer call: HunyuanVideo hands every block the same mask, and
+        each analysis synchronises with the GPU (which would let the host fall behind the kernels)."""
+        if mask is None:
+            return _MaskPlan(None, None)
+        cache = getattr(self._local, "masks", None)
+        if cache is None:
+            cache = self._local.masks = {}
+        key = (mask.data_ptr(), mask._version, tuple(mask.shape), mask.stride(), mask.dtype, mask.device, batch,
+               tokens, n_video)
+        if key not in cache:
+            cache[key] = (_mask_plan(mask, batch, tokens, n_video), mask)  # holding the mask keeps its address ours
+        return cache[key][0]
 
     @staticmethod
     def _dense_rows(call, out: torch.Tensor, first_padded: List[int]) -> torch.Tensor:

@@ -393,8 +393,24 @@ int tileattn_gpu_kernels_available(void) {
   }
 }
 
+int64_t tileattn_struct_size(const char* name) {
+  if (name == nullptr) return -1;
+  const std::string n(name);
+#define TILEATTN_SIZE_OF(type) \
+  if (n == #type) return static_cast<int64_t>(sizeof(type));
+  TILEATTN_SIZE_OF(tileattn_tensor)
+  TILEATTN_SIZE_OF(tileattn_sta_forward_args)
+  TILEATTN_SIZE_OF(tileattn_sta_backward_args)
+  TILEATTN_SIZE_OF(tileattn_column_plan)
+  TILEATTN_SIZE_OF(tileattn_fg_forward_args)
+  TILEATTN_SIZE_OF(tileattn_dynamic_mask_args)
+  TILEATTN_SIZE_OF(tileattn_sta_reference_args)
+#undef TILEATTN_SIZE_OF
+  return -1;
+}
+
 const char* tileattn_last_error(void) { return g_last_error.c_str(); }
-const char* tileattn_version(void) { return "0.1.0"; }
+const char* tileattn_version(void) { return TILEATTN_VERSION_STRING; }  // CMake's project(VERSION)
 int tileattn_abi_version(void) { return TILEATTN_ABI_VERSION; }
 
 }  // extern "C"
