@@ -28,7 +28,8 @@ TILE = (2, 2, 2)
 DEADLINE_S = 150  # per world size: spawn, every case, teardown
 OP_CASES = ["op_text0_per_head", "op_chunked", "op_text_valid", "op_uneven_heads_and_tokens", "op_gqa",
             "op_p2p_all_to_all", "op_dense", "op_autograd", "op_bad_shard_refused"]
-MODEL_CASES = ["wan_sta", "wan_dense", "hunyuan_sta", "hunyuan_dense"]
+MODEL_CASES = ["wan_sta", "wan_strategy", "wan_dense", "hunyuan_sta", "hunyuan_strategy", "hunyuan_dense",
+               "wan_head_slice", "hunyuan_head_slice"]
 RING_CASES = ["ring_refused_at_enable", "ring_refused_at_call"]
 
 
@@ -146,34 +147,50 @@ def _hunyuan_inputs():
 WINDOWS = [(1, 1, 1), (2, 3, 1), (1, 1, 3), (2, 1, 3)]  # per head, on the (2, 3, 4) tile grid
 
 
+def _strategy(layers):
+    """Per-layer, per-head windows: layer l, head h gets WINDOWS[(h + l) % 4]."""
+    from tileattn import MaskStrategy
+    return MaskStrategy(windows={(0, layer, h): WINDOWS[(h + layer) % 4] for layer in range(layers) for h in range(4)})
+
+
 def _model_cases(which, world):
     from diffusers import ContextParallelConfig
     import tileattn.diffusers as ta
     from tileattn import distributed as td
     model, inputs = (_wan(), _wan_inputs()) if which == "wan" else (_hunyuan(), _hunyuan_inputs())
+    layers = len(ta.self_attention_layers(model))
+    configs = {f"{which}_sta": dict(window=WINDOWS), f"{which}_strategy": dict(strategy=_strategy(layers))}
 
     def forward():
         with torch.no_grad():
             return model(**inputs, return_dict=False)[0]
 
+    def sta(config):
+        handle = ta.enable_sta(model, tile=TILE, strict=True, **config)
+        try:
+            return forward(), handle
+        finally:
+            ta.disable_sta(model)
+
     dense_single = forward()
-    ta.enable_sta(model, window=WINDOWS, tile=TILE, strict=True)
-    try:
-        sta_single = forward()
-    finally:
-        ta.disable_sta(model)
+    single = {name: sta(config)[0] for name, config in configs.items()}
     td.enable_context_parallel(model, ContextParallelConfig(ulysses_degree=world))
-    dense_cp = forward()
-    handle = ta.enable_sta(model, window=WINDOWS, tile=TILE, strict=True)
-    try:
-        sta_cp = forward()
-    finally:
-        ta.disable_sta(model)
-    sta = _diff(sta_cp, sta_single)
-    sta["routed"] = {str(k): v for k, v in handle.routed.items()}
-    sta["layers"] = handle.num_layers
-    sta["vs_dense"] = _diff(sta_single, dense_single)["max_rel"]
-    return {f"{which}_sta": sta, f"{which}_dense": _diff(dense_cp, dense_single)}
+    seen = []  # the video tokens layer 0's attention gets on this rank: 192 / N under context parallelism
+    spy = ta.self_attention_layers(model)[0].register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw.get("hidden_states", a[0] if a else None).shape[1]), with_kwargs=True)
+    out = {f"{which}_dense": _diff(forward(), dense_single)}
+    spy.remove()
+    for name, config in configs.items():
+        sta_cp, handle = sta(config)
+        out[name] = _diff(sta_cp, single[name])
+        out[name].update(routed={str(k): v for k, v in handle.routed.items()}, layers=handle.num_layers,
+                         vs_dense=_diff(single[name], dense_single)["max_rel"])
+    rank = dist.get_rank()
+    out[f"{which}_head_slice"] = {"max_abs": 0.0, "max_rel": 0.0,
+                                  "slice": td.ulysses_head_slice(model._parallel_config, 4),
+                                  "expected": [rank * 4 // world, (rank + 1) * 4 // world],
+                                  "local_video_tokens": seen, "expected_tokens": [192 // world]}
+    return out
 
 
 def _ring_cases():
@@ -287,7 +304,10 @@ def test_diffusers_context_parallel_equals_single_process(world, case, tmp_path_
     per_rank = _case(_run(world, tmp_path_factory), case)
     worst = max(r["max_rel"] for r in per_rank)
     assert worst < 1e-4, (case, per_rank)
-    if case.endswith("_sta"):
+    if case.endswith("_head_slice"):
+        assert all(list(r["slice"]) == r["expected"] for r in per_rank), per_rank
+        assert all(r["local_video_tokens"] == r["expected_tokens"] for r in per_rank), per_rank  # sharded for real
+    if case.endswith("_sta") or case.endswith("_strategy"):
         r = per_rank[0]
         assert r["routed"] == {str(i): 1 for i in range(r["layers"])}, r  # every self-attention layer ran STA
         assert r["vs_dense"] > 1e-3  # the windows matter
