@@ -121,13 +121,13 @@ def _refuse_ring(cp) -> None:
             "ulysses_degree=N) with ring_degree=1")
 
 
-def _ulysses(q, k, v, group, positions: torch.Tensor, local_len: int, attend: Callable, heads: int,
+def _ulysses(q, k, v, group, positions: Optional[torch.Tensor], local_len: int, attend: Callable, heads: int,
              kv_heads: int, chunks: int = 1) -> torch.Tensor:
     """The Ulysses exchange around `attend`.
 
     q [B, L, Hp, D], k/v [B, L, Hkp, D]: this rank's tokens padded to L (same L on every rank), heads padded to
     multiples of the world size. positions: int64 [S] on q's device, the position in the gathered sequence (rank j's
-    L tokens at j*L) of natural token i. attend(q, k, v, h0, h1) gets [B, h, S, D] natural-order tensors of padded
+    L tokens at j*L) of natural token i; None when the gathered order is the natural one (no reordering pass). attend(q, k, v, h0, h1) gets [B, h, S, D] natural-order tensors of padded
     heads [h0, h1) and returns [B, h, S, D]. Returns this rank's [B, local_len, heads, D]."""
     world = dist.get_world_size(group)
     B, L, Hp, D = q.shape
@@ -145,9 +145,7 @@ def _ulysses(q, k, v, group, positions: torch.Tensor, local_len: int, attend: Ca
         x = x.view(B, L, world, per, D)[:, :, :, c * n:(c + 1) * n]
         return x.permute(2, 0, 3, 1, 4)
 
-    # The gathered order is the natural one (no padding, no text after each video shard): no reordering pass.
-    identity = positions.numel() == world * L and bool((positions == torch.arange(world * L,
-                                                                                 device=positions.device)).all())
+    identity = positions is None
 
     def gathered(buf, n):  # [world(src), B, n, L, D] -> natural order [B, n, S, D]
         x = buf.permute(1, 2, 0, 3, 4).reshape(B, n, world * L, D)
@@ -280,7 +278,8 @@ def sta_attention_ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gro
         hl = -(-heads // world)
         chunks = 2 if q.device.type == "cuda" and hl % 2 == 0 and kv_heads == heads else 1
     L = sizes[0]
-    positions = torch.cat([torch.arange(sizes[j], device=q.device) + j * L for j in range(world)])
+    positions = None if sizes[-1] == L else \
+        torch.cat([torch.arange(sizes[j], device=q.device) + j * L for j in range(world)])
 
     def pad_tokens(t):
         return t if t.shape[1] == L else torch.cat([t, t.new_zeros(t.shape[0], L - t.shape[1], *t.shape[2:])], 1)
@@ -346,7 +345,7 @@ def route_context_parallel(handle, layer: int, call, video):
         raise _Unroutable(f"{q.dtype} on the GPU (the kernels take bf16/fp16; run the model in bf16)")
     if heads % world or k.shape[2] != heads:
         raise _Unroutable(f"{heads} query heads, {k.shape[2]} key heads over ulysses_degree {world}")
-    positions = _interleaved_positions(n_video, n_text, world, q.device)
+    positions = _interleaved_positions(n_video, n_text, world, q.device) if n_text else None
     mask = call.attn_mask
     if mask is not None:
         if mask.dim() == 4 and mask.shape[-2] != 1:
@@ -354,7 +353,8 @@ def route_context_parallel(handle, layer: int, call, video):
         if mask.shape[-1] == local and world > 1:  # a local key mask (tileattn's HunyuanVideo plan): all-gather it
             parts = [torch.empty_like(mask) for _ in range(world)]
             dist.all_gather(parts, mask.contiguous(), group=group)
-            mask = torch.cat(parts, -1).index_select(-1, positions)
+            mask = torch.cat(parts, -1)
+            mask = mask if positions is None else mask.index_select(-1, positions)
         elif mask.shape[-1] != tokens:
             raise _Unroutable(f"an attention mask of shape {tuple(mask.shape)} for {local} tokens per rank")
     plan = _mask_plan(mask, B, tokens, n_video)
