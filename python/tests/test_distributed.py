@@ -362,3 +362,25 @@ def test_bench_multigpu_summary():
     assert res["tileattn_sta_3x3x3_speedup_vs_dense_gpus2"] == pytest.approx(1600.0 / 550.0)
     assert res["tileattn_sta_3x3x3_rel_l2_vs_gpus1_gpus2"] == 1e-3
     assert "dense_all_to_all_share_gpus2" not in res and "tileattn_sta_3x3x3_efficiency_gpus1" not in res
+
+
+@pytest.mark.skipif(not HAVE_DIFFUSERS, reason="diffusers is not installed")
+def test_enable_context_parallel_refusals():
+    """Refused before anything is installed (no process group needed)."""
+    import diffusers
+    from diffusers import ContextParallelConfig
+    from tileattn import distributed as td
+    i2v = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(4, 6, 6), image_condition_type="token_replace")
+    with pytest.raises(td.ContextParallelError, match="token-replace"):
+        td.enable_context_parallel(i2v, ContextParallelConfig(ulysses_degree=2))
+    with pytest.raises(td.ContextParallelError, match="ulysses_anything"):
+        td.enable_context_parallel(_hunyuan(), ContextParallelConfig(ulysses_degree=2, ulysses_anything=True))
+    with pytest.raises(td.ContextParallelError, match="ring_degree=2"):
+        td.enable_context_parallel(_wan(), ContextParallelConfig(ring_degree=2, ulysses_degree=2))
+    with pytest.raises(TypeError, match="ContextParallelConfig"):
+        td.enable_context_parallel(_wan(), {"ulysses_degree": 2})
+    assert td.ulysses_head_slice(None, 4) is None
+    assert td.shard_sizes(101, 4) == [26, 25, 25, 25]

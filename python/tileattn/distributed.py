@@ -478,6 +478,10 @@ def enable_context_parallel(transformer, config, cp_plan=None):
         if cp.ulysses_anything:
             raise ContextParallelError("HunyuanVideo under context parallelism: ulysses_anything is not supported "
                                        "(tileattn's plan needs equal video and text shards)")
+        if getattr(transformer.config, "image_condition_type", None) == "token_replace":
+            raise ContextParallelError("HunyuanVideo under context parallelism: the token-replace image condition "
+                                       "(I2V) modulates the first frame's tokens by position, which the token "
+                                       "shards break; not supported")
         if cp_plan is None:
             cp_plan = hunyuan_video_cp_plan()
     wan = name == "WanTransformer3DModel"
