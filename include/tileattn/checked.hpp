@@ -30,21 +30,22 @@ inline constexpr int64_t kMaxMessageValueChars = 80;               // user text 
 
 [[noreturn]] void throw_overflow(std::string_view argument, std::string_view op, int64_t a, int64_t b);
 
-// a + b, a * b, a - b; throw ArgumentError naming `argument` if the result does not fit int64_t.
+// a + b, a * b, a - b; throw ArgumentError naming `argument` if the result does not fit int64_t. Plain C++ (no
+// compiler builtins), so every front end that sees this header (nvcc's included) accepts it.
+inline constexpr int64_t kInt64Max = INT64_MAX, kInt64Min = INT64_MIN;
 constexpr int64_t checked_add(int64_t a, int64_t b, std::string_view argument) {
-  int64_t r = 0;
-  if (__builtin_add_overflow(a, b, &r)) throw_overflow(argument, "+", a, b);
-  return r;
+  if ((b > 0 && a > kInt64Max - b) || (b < 0 && a < kInt64Min - b)) throw_overflow(argument, "+", a, b);
+  return a + b;
 }
 constexpr int64_t checked_sub(int64_t a, int64_t b, std::string_view argument) {
-  int64_t r = 0;
-  if (__builtin_sub_overflow(a, b, &r)) throw_overflow(argument, "-", a, b);
-  return r;
+  if ((b < 0 && a > kInt64Max + b) || (b > 0 && a < kInt64Min + b)) throw_overflow(argument, "-", a, b);
+  return a - b;
 }
 constexpr int64_t checked_mul(int64_t a, int64_t b, std::string_view argument) {
-  int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r)) throw_overflow(argument, "*", a, b);
-  return r;
+  const bool overflow = a > 0 ? (b > 0 ? a > kInt64Max / b : b < kInt64Min / a)
+                              : (b > 0 ? a < kInt64Min / b : (a != 0 && b < kInt64Max / a));
+  if (overflow) throw_overflow(argument, "*", a, b);
+  return a * b;
 }
 // The product of all factors (1 for none).
 constexpr int64_t checked_product(std::initializer_list<int64_t> factors, std::string_view argument) {
