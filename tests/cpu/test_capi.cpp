@@ -8,7 +8,7 @@
 
 namespace {
 tileattn_sta_forward_args valid_args() {
-  static char buffer[1 << 12] alignas(16);
+  alignas(16) static char buffer[1 << 12];
   tileattn_sta_forward_args a{};
   a.abi_version = TILEATTN_ABI_VERSION;
   a.dtype = TILEATTN_BF16;
@@ -73,7 +73,7 @@ namespace {
 // A well-formed FG call on 256 tokens, 2 query heads, 1 kv head, M = 128, N = 16 (pointers into host memory: the
 // calls below fail before anything reads them).
 tileattn_fg_forward_args valid_fg_args() {
-  static char buffer[1 << 12] alignas(256);
+  alignas(256) static char buffer[1 << 12];
   static int32_t table[4 * 16], counts[4];
   tileattn_fg_forward_args a{};
   a.abi_version = TILEATTN_ABI_VERSION;
@@ -149,8 +149,8 @@ namespace {
 // A well-formed dynamic-mask call on 256 tokens, 2 query heads, 1 kv head, M = 128, N = 16 (host pointers: the calls
 // below fail before anything reads them).
 tileattn_dynamic_mask_args valid_dyn_args() {
-  static char buffer[1 << 12] alignas(256);
-  static char workspace[1 << 20] alignas(256);
+  alignas(256) static char buffer[1 << 12];
+  alignas(256) static char workspace[1 << 20];
   tileattn_dynamic_mask_args a{};
   a.abi_version = TILEATTN_ABI_VERSION;
   a.dtype = TILEATTN_BF16;

@@ -24,7 +24,7 @@ const int64_t kBad[] = {0, -1, -3, std::numeric_limits<int64_t>::min(), kI64Max,
 bool names(const char* argument) { return std::string(tileattn_last_error()).find(argument) != std::string::npos; }
 
 tileattn_sta_forward_args sta_args() {
-  static char buffer[1 << 12] alignas(256);
+  alignas(256) static char buffer[1 << 12];
   tileattn_sta_forward_args a{};
   a.abi_version = TILEATTN_ABI_VERSION;
   a.dtype = TILEATTN_BF16;
@@ -38,7 +38,7 @@ tileattn_sta_forward_args sta_args() {
 }
 
 tileattn_fg_forward_args fg_args(int64_t query_block) {
-  static char buffer[1 << 12] alignas(256);
+  alignas(256) static char buffer[1 << 12];
   static int32_t table[64], counts[64];
   tileattn_fg_forward_args a{};
   a.abi_version = TILEATTN_ABI_VERSION;
@@ -51,7 +51,7 @@ tileattn_fg_forward_args fg_args(int64_t query_block) {
 }
 
 tileattn_dynamic_mask_args dyn_args() {
-  static char buffer[1 << 12] alignas(256);
+  alignas(256) static char buffer[1 << 12];
   tileattn_dynamic_mask_args a{};
   a.abi_version = TILEATTN_ABI_VERSION;
   a.dtype = TILEATTN_BF16;
