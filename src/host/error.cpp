@@ -37,7 +37,9 @@ int64_t checked_host_bytes(std::initializer_list<int64_t> factors, std::string_v
 std::string quote_truncated(std::string_view text) {
   const size_t n = static_cast<size_t>(limits::kMaxMessageValueChars);
   if (text.size() <= n) return std::string(text);
-  return fmt::format("{}... ({} characters)", text.substr(0, n), text.size());
+  size_t cut = n;  // not inside a UTF-8 sequence: messages stay valid UTF-8 (Python decodes tileattn_last_error())
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return fmt::format("{}... ({} characters)", text.substr(0, cut), text.size());
 }
 
 }  // namespace tileattn

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "capi_fixtures.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/geometry.hpp"
 #include "tileattn/tileattn.h"
@@ -24,42 +25,21 @@ const int64_t kBad[] = {0, -1, -3, std::numeric_limits<int64_t>::min(), kI64Max,
 bool names(const char* argument) { return std::string(tileattn_last_error()).find(argument) != std::string::npos; }
 
 tileattn_sta_forward_args sta_args() {
-  alignas(256) static char buffer[1 << 12];
-  tileattn_sta_forward_args a{};
-  a.abi_version = TILEATTN_ABI_VERSION;
-  a.dtype = TILEATTN_BF16;
-  a.layout = TILEATTN_NATURAL;
-  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
-  a.video[0] = 6, a.video[1] = 8, a.video[2] = 8;
-  a.tile[0] = 6, a.tile[1] = 8, a.tile[2] = 8;
-  tileattn_tensor t{buffer, 384 * 128 * 2, 384 * 128, 128};
-  a.q = a.k = a.v = a.out = t;
+  tileattn_sta_forward_args a = capi_fixtures::valid_args();
+  a.q.batch_stride = a.k.batch_stride = a.v.batch_stride = a.out.batch_stride = 384 * 128 * 2;  // batch > 1 is valid
   return a;
 }
 
 tileattn_fg_forward_args fg_args(int64_t query_block) {
-  alignas(256) static char buffer[1 << 12];
-  static int32_t table[64], counts[64];
-  tileattn_fg_forward_args a{};
-  a.abi_version = TILEATTN_ABI_VERSION;
-  a.dtype = TILEATTN_BF16;
-  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
-  tileattn_tensor t{buffer, 0, 2048 * 128, 128};
-  a.q = a.k = a.v = a.out = t;
-  a.plan = {2048, 2, query_block, 32, 1, table, counts};
+  tileattn_fg_forward_args a = capi_fixtures::valid_fg_args();  // 2 query heads, 1 kv head
+  a.q.head_stride = a.k.head_stride = a.v.head_stride = a.out.head_stride = 2048 * 128;
+  a.plan.tokens = 2048, a.plan.query_block = query_block, a.plan.key_group = 32, a.plan.capacity = 1;
   return a;
 }
 
 tileattn_dynamic_mask_args dyn_args() {
-  alignas(256) static char buffer[1 << 12];
-  tileattn_dynamic_mask_args a{};
-  a.abi_version = TILEATTN_ABI_VERSION;
-  a.dtype = TILEATTN_BF16;
-  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
-  tileattn_tensor t{buffer, 0, 256 * 128, 128};
-  a.q = a.k = t;
-  a.rule = TILEATTN_RULE_TOP_K;
-  a.p = 0.9, a.top_k = 4, a.threshold = 0.01, a.target_sparsity = 0.5;
+  tileattn_dynamic_mask_args a = capi_fixtures::valid_dyn_args();
+  a.workspace = nullptr, a.workspace_bytes = 0;  // the size queries read neither
   return a;
 }
 
@@ -273,4 +253,7 @@ TEST(CheckedArithmetic, ThrowsNamingTheArgument) {
   EXPECT_THROW(checked_host_bytes({int64_t{1} << 30, int64_t{1} << 20}, "x"), ArgumentError);  // > 1 TiB
   EXPECT_THROW(Extent3({int64_t{1} << 32, int64_t{1} << 32, 1}).volume(), ArgumentError);
   EXPECT_EQ(quote_truncated(std::string(1000, 'a')).size(), 80u + std::string("... (1000 characters)").size());
+  // Cut before a UTF-8 sequence, never inside one (the message stays valid UTF-8).
+  EXPECT_EQ(quote_truncated(std::string(79, 'a') + "\xc3\xa9" + std::string(10, 'b')),
+            std::string(79, 'a') + "... (91 characters)");
 }
