@@ -15,6 +15,7 @@
 
 #include "commands.hpp"
 #include "tileattn/column_plan.hpp"
+#include "tileattn/detail/output_files.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/fg.hpp"
 #include "tileattn/plan.hpp"
@@ -86,7 +87,7 @@ void prepare_fg(const BenchOptions& o, BenchSetup& setup) {
 // Everything that can be checked without a GPU.
 BenchSetup prepare(const BenchOptions& o) {
   if (o.text < 0) throw_argument_error("--text", "must be >= 0");
-  const VideoGeometry geo(parse_extent3(o.shape, "--shape"), parse_extent3(o.tile, "--tile"), o.text);
+  const VideoGeometry geo = cli_geometry(parse_extent3(o.shape, "--shape"), parse_extent3(o.tile, "--tile"), o.text);
   if (o.dtype != "bf16" && o.dtype != "fp16") throw_argument_error("--dtype", "must be bf16 or fp16, got " + o.dtype);
   if (o.layout != "natural" && o.layout != "tile-major")
     throw_argument_error("--layout", "must be natural or tile-major, got " + o.layout);
@@ -98,8 +99,15 @@ BenchSetup prepare(const BenchOptions& o) {
     windows.push_back(part == "dense" ? geo.grid() : parse_extent3(part, "--windows"));
     validate_window(windows.back(), geo.grid(), "--windows");
   }
-  if (o.batch < 1 || o.heads < 1 || kv_heads < 1 || o.heads % kv_heads != 0)
-    throw_argument_error("--heads", "need --batch >= 1, --heads >= 1 and --kv-heads dividing --heads");
+  if (o.batch < 1) throw_argument_error("--batch", fmt::format("must be >= 1, got {}", o.batch));
+  if (o.heads < 1 || o.heads > limits::kMaxHeads)
+    throw_argument_error("--heads", fmt::format("must be in [1, {}] (limits::kMaxHeads), got {}", limits::kMaxHeads,
+                                                o.heads));
+  if (o.kv_heads < 0 || kv_heads < 1 || o.heads % kv_heads != 0)
+    throw_argument_error("--kv-heads", fmt::format("must divide --heads = {} (0: same as --heads), got {}", o.heads,
+                                                   o.kv_heads));
+  // The host and device buffers: 2-byte q, k, v, out and fp32 LSE, sizes checked (and bounded) before any allocation.
+  checked_host_bytes({o.batch, o.heads, geo.num_tokens(), std::max<int64_t>(o.head_dim, 1), 2}, "--batch");
   BenchSetup setup{geo, windows, dtype, kv_heads, {}, {}, {}};
   if (o.fg) prepare_fg(o, setup);
   return setup;
@@ -354,9 +362,7 @@ int run_bench(const BenchOptions& o) {
   const int rc = o.fg ? run_fg_bench(o, setup, timer, tensors, results)
                       : run_sta_bench(o, setup, timer, tensors, results);
   if (!o.json_path.empty()) {
-    std::ofstream f(o.json_path);
-    f << results.dump(1) << "\n";
-    if (!f) throw FileError(fmt::format("--json '{}': cannot write the file", o.json_path));
+    detail::write_text_file_atomic(o.json_path, results.dump(1) + "\n", "--json");
   }
   return rc;
 }

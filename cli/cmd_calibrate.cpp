@@ -73,7 +73,7 @@ int run_calibrate(const CalibrateOptions& o) {
     throw_argument_error("--target-sparsity", "the budget rule needs --target-sparsity in [0, 1]");
   if (rule == CalibrationRule::argmin && o.target >= 0)
     throw_argument_error("--target-sparsity", "--rule argmin has no budget; leave --target-sparsity out");
-  if (rule == CalibrationRule::budget && o.target > 1)
+  if (rule == CalibrationRule::budget && !(o.target >= 0 && o.target <= 1))  // NaN too
     throw_argument_error("--target-sparsity", fmt::format("must be in [0, 1], got {}", o.target));
   if (o.dense_steps < 0) throw_argument_error("--dense-steps", fmt::format("must be >= 0, got {}", o.dense_steps));
   if (o.threads < 0) throw_argument_error("--threads", fmt::format("must be >= 0, got {}", o.threads));

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "commands.hpp"
+#include "tileattn/detail/output_files.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/mask_strategy.hpp"
 #include "tileattn/plan.hpp"
@@ -39,17 +40,16 @@ struct PlanOptions {
   int64_t step = 0, layer = 0, svg_head = 0;
 };
 
-void write_text_file(const std::string& path, const std::string& text, const char* what) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  if (!out) throw FileError(fmt::format("{} '{}': cannot write the file", what, path));
-}
-
 int run_plan(const PlanOptions& o, const CLI::App& cmd) {
   const Extent3 video = parse_extent3(o.shape, "--shape");
   const Extent3 tile = parse_extent3(o.tile, "--tile");
   if (o.text < 0) throw_argument_error("--text", fmt::format("must be >= 0, got {}", o.text));
-  const VideoGeometry geo(video, tile, o.text);
+  if (o.heads < 0 || o.heads > limits::kMaxHeads)
+    throw_argument_error("--heads", fmt::format("must be in [0, {}] (limits::kMaxHeads; 0: one per --window), got {}",
+                                                limits::kMaxHeads, o.heads));
+  if (o.step < 0) throw_argument_error("--step", fmt::format("must be >= 0, got {}", o.step));
+  if (o.layer < 0) throw_argument_error("--layer", fmt::format("must be >= 0, got {}", o.layer));
+  const VideoGeometry geo = cli_geometry(video, tile, o.text);
   std::vector<Window> windows;
   if (!o.strategy_path.empty()) {
     if (cmd.count("--window")) throw_argument_error("--strategy", "give either --window or --strategy, not both");
@@ -61,6 +61,9 @@ int run_plan(const PlanOptions& o, const CLI::App& cmd) {
     }
   } else {
     windows = parse_window_list(o.window, "--window");
+    if (static_cast<int64_t>(windows.size()) > limits::kMaxHeads)
+      throw_argument_error("--window", fmt::format("{} windows, more than {} heads (limits::kMaxHeads)", windows.size(),
+                                                   limits::kMaxHeads));
     if (windows.size() == 1 && o.heads > 1) windows.assign(o.heads, windows[0]);
     if (o.heads > 0 && static_cast<int64_t>(windows.size()) != o.heads)
       throw_argument_error("--heads", fmt::format("{} heads but {} windows in --window", o.heads, windows.size()));
@@ -71,7 +74,8 @@ int run_plan(const PlanOptions& o, const CLI::App& cmd) {
   if (o.svg_head < 0 || o.svg_head >= static_cast<int64_t>(windows.size()))
     throw_argument_error("--svg-head", fmt::format("must be in [0, {}), got {}", windows.size(), o.svg_head));
 
-  const BlockPlan plan = build_sta_plan(BlockPartition(geo), windows);
+  const BlockPlan plan = with_flag("--shape, --text, --window or --heads",
+                                   [&] { return build_sta_plan(BlockPartition(geo), windows); });
   const SparsityReport sparsity = plan.sparsity();
   fmt::print("video {} tokens={} tile {} -> grid {} ({} tiles{}), text {}\n", to_string(video), geo.num_video_tokens(),
              to_string(tile), to_string(geo.grid()), geo.num_tiles(), geo.tiles_exact() ? "" : ", edge tiles partial",
@@ -87,17 +91,19 @@ int run_plan(const PlanOptions& o, const CLI::App& cmd) {
   }
   fmt::print("total sparsity {:.4f} (skipped query-key pairs / all pairs, text included): {} of {} pairs visited\n",
              sparsity.total, sparsity.visited_pairs, sparsity.total_pairs);
-  if (!o.json_path.empty()) {
-    write_text_file(o.json_path, tile_plan_json(plan, windows.size() > 1 || o.heads > 0) + "\n", "--json");
-    fmt::print("wrote {}\n", o.json_path);
-  }
+  // Both outputs staged, then moved into place together: a failed write leaves neither behind.
+  detail::OutputFiles files;
+  if (!o.json_path.empty())
+    files.stage_text(o.json_path, tile_plan_json(plan, windows.size() > 1 || o.heads > 0) + "\n", "--json");
   if (!o.svg_path.empty()) {
     const std::string title = fmt::format("STA plan: video {} tile {} window {} (head {}), text {}, sparsity {:.3f}",
                                           to_string(video), to_string(tile), to_string(windows[o.svg_head]),
                                           o.svg_head, o.text, sparsity.per_head[o.svg_head]);
-    write_text_file(o.svg_path, tile_plan_svg(plan, o.svg_head, title), "--svg");
-    fmt::print("wrote {}\n", o.svg_path);
+    files.stage_text(o.svg_path, tile_plan_svg(plan, o.svg_head, title), "--svg");
   }
+  files.commit();
+  if (!o.json_path.empty()) fmt::print("wrote {}\n", o.json_path);
+  if (!o.svg_path.empty()) fmt::print("wrote {}\n", o.svg_path);
   return 0;
 }
 

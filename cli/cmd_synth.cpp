@@ -22,6 +22,8 @@ int run_synth(SynthCliOptions& o) {
   s.video = parse_extent3(o.video, "--video");
   s.tile = parse_extent3(o.tile, "--tile");
   if (s.text_len < 0) throw_argument_error("--text-len", fmt::format("must be >= 0, got {}", s.text_len));
+  if (s.threads < 0) throw_argument_error("--threads", fmt::format("must be >= 0 (0: all), got {}", s.threads));
+  cli_geometry(s.video, s.tile, s.text_len, {"--video", "--tile", "--text-len"});
   if (o.dtype == "bf16") s.dtype = CaptureDType::bf16;
   else if (o.dtype == "fp16") s.dtype = CaptureDType::fp16;
   else if (o.dtype == "fp32") s.dtype = CaptureDType::fp32;

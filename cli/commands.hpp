@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "tileattn/error.hpp"
 #include "tileattn/geometry.hpp"
 
 namespace tileattn::cli {
@@ -58,5 +59,31 @@ int run_bench(const BenchOptions& options);
 std::vector<std::string> split_list(const std::string& text);  // "a,b,c" -> {"a", "b", "c"}
 std::vector<Window> parse_window_list(const std::string& text, const std::string& argument);
 std::string window_label(const Window& w, const Extent3& grid);  // "3x3x3", or "dense" for the full grid
+
+// Runs f(); an ArgumentError it throws is re-thrown naming `flags` (the command-line flags that set the values), so
+// a library error such as "windows" or "video_shape" reaches the user as the flag they typed.
+template <class F>
+auto with_flag(const std::string& flags, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const ArgumentError& e) {
+    if (!e.argument().empty() && e.argument().front() == '-') throw;  // already a flag
+    throw ArgumentError(flags, e.what());
+  }
+}
+// The geometry of --shape/--tile/--text (or the command's own spelling of them), errors naming those flags.
+struct GeometryFlags {
+  const char* video = "--shape";
+  const char* tile = "--tile";
+  const char* text = "--text";
+};
+inline VideoGeometry cli_geometry(const Extent3& video, const Extent3& tile, int64_t text, GeometryFlags flags = {}) {
+  try {
+    return VideoGeometry(video, tile, text);
+  } catch (const ArgumentError& e) {
+    const std::string& a = e.argument();
+    throw ArgumentError(a == "tile" ? flags.tile : a == "text_len" ? flags.text : flags.video, e.what());
+  }
+}
 
 }  // namespace tileattn::cli

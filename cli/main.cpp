@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every bad command line (CLI11 has its own codes) is bad input: 2.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   try {
     if (app.got_subcommand("plan")) return plan();
@@ -26,6 +27,10 @@ int main(int argc, char** argv) {
     return tileattn::cli::run_main_job();
   } catch (const tileattn::Error& e) {
     fmt::print(stderr, "tileattn: error: {}\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {  // sizes are bounded by the limits (docs/LIMITS.md); this is the input's size
+    fmt::print(stderr, "tileattn: error: not enough memory for this input (std::bad_alloc); reduce the sizes given "
+                       "(see docs/LIMITS.md)\n");
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "tileattn: internal error: {}\n", e.what());

@@ -39,7 +39,8 @@ struct CaptureInfo {
   CaptureDType dtype[3] = {CaptureDType::bf16, CaptureDType::bf16, CaptureDType::bf16};  // q, k, v
   uint64_t file_offset[3] = {0, 0, 0};  // absolute byte offset of q, k, v in the file
 
-  int64_t elements() const { return batch * heads * tokens * head_dim; }  // per tensor
+  // Per tensor; checked (ArgumentError "capture" if the product does not fit int64_t).
+  int64_t elements() const { return checked_product({batch, heads, tokens, head_dim}, "capture"); }
 };
 
 inline constexpr const char* kCaptureTensorNames[3] = {"q", "k", "v"};

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tileattn/checked.hpp"
 #include "tileattn/detail/window_rule.hpp"
 
 namespace tileattn {
@@ -22,7 +23,10 @@ struct Extent3 {
   int64_t h = 0;
   int64_t w = 0;
 
-  constexpr int64_t volume() const { return t * h * w; }
+  // t * h * w; throws ArgumentError naming `argument` when the product does not fit int64_t.
+  constexpr int64_t volume(std::string_view argument = "extent") const {
+    return checked_product({t, h, w}, argument);
+  }
   constexpr int64_t operator[](int axis) const { return axis == 0 ? t : axis == 1 ? h : w; }
   friend constexpr bool operator==(const Extent3&, const Extent3&) = default;
 };

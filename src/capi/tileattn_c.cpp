@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/sta_validation.hpp"
 #include "tileattn/capture.hpp"
 #include "tileattn/dynamic_mask_gpu.hpp"
 #include "tileattn/error.hpp"
@@ -114,7 +115,11 @@ tileattn::StaForwardArgs forward_args(const tileattn_sta_forward_args* a, std::v
   if (a->layout != TILEATTN_NATURAL && a->layout != TILEATTN_TILE_MAJOR)
     throw_argument_error("layout", fmt::format("must be TILEATTN_NATURAL (0) or TILEATTN_TILE_MAJOR (1), got {}",
                                                a->layout));
-  if (a->num_windows < 0 || (a->num_windows > 0 && a->windows == nullptr))
+  // The count first: the triples are read from the caller's array only once it is known to hold that many.
+  if (a->num_windows != 0 && a->num_windows != 1 && (a->num_windows != a->q_heads || a->q_heads > kMaxQueryHeads))
+    throw_argument_error("num_windows", fmt::format("must be 0 (dense), 1 (all heads) or q_heads = {} (at most {}), "
+                                                    "got {}", a->q_heads, kMaxQueryHeads, a->num_windows));
+  if (a->num_windows > 0 && a->windows == nullptr)
     throw_argument_error("windows", fmt::format("num_windows = {} needs a non-NULL array", a->num_windows));
   windows.resize(static_cast<size_t>(a->num_windows));
   for (int64_t i = 0; i < a->num_windows; ++i)

@@ -250,7 +250,9 @@ std::vector<Window> prepare_candidates(std::span<const Window> candidates, const
 
 CalibrationScores score_captures(const std::vector<CaptureInfo>& captures, const ScoringOptions& o) {
   if (captures.empty()) throw_argument_error("captures", "no captures to score");
-  if (o.dense_steps < 0) throw_argument_error("--dense-steps", fmt::format("must be >= 0, got {}", o.dense_steps));
+  if (o.dense_steps < 0 || o.dense_steps > limits::kMaxStepsOrLayers)
+    throw_argument_error("--dense-steps", fmt::format("must be in [0, {}] (limits::kMaxStepsOrLayers), got {}",
+                                                      limits::kMaxStepsOrLayers, o.dense_steps));
   const CaptureInfo& first = captures.front();
   for (const CaptureInfo& c : captures) check_same(first, c);
   CalibrationScores s;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tileattn/calibration.hpp"
+#include "tileattn/detail/output_files.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn {
@@ -72,12 +73,6 @@ std::string ramp(double x) {
   int rgb[3];
   for (int k = 0; k < 3; ++k) rgb[k] = int(stops[i][k] + f * (stops[i + 1][k] - stops[i][k]) + 0.5);
   return fmt::format("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2]);
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  if (!out) throw FileError(fmt::format("calibration output '{}': cannot write the file", path));
 }
 
 }  // namespace
@@ -254,15 +249,20 @@ std::vector<std::string> write_calibration_outputs(const CalibrationResult& r, c
   if (ec) throw FileError(fmt::format("report directory '{}': cannot create it ({})", report_dir, ec.message()));
   const fs::path windows(windows_path);
   if (windows.has_parent_path()) fs::create_directories(windows.parent_path(), ec);
+  if (ec) throw FileError(fmt::format("--output '{}': cannot create its directory ({})", windows_path, ec.message()));
   const std::string fastvideo = (windows.parent_path() / (windows.stem().string() + ".fastvideo.json")).string();
-  write_mask_strategy(r.strategy, windows_path, MaskStrategyFormat::tileattn);
-  write_mask_strategy(fastvideo_strategy(r), fastvideo, MaskStrategyFormat::fastvideo);
   const std::string report_json = (fs::path(report_dir) / "report.json").string();
   const std::string report_md = (fs::path(report_dir) / "report.md").string();
   const std::string heatmap = (fs::path(report_dir) / "windows_heatmap.svg").string();
-  write_text(report_json, calibration_report_json(r) + "\n");
-  write_text(report_md, calibration_report_markdown(r));
-  write_text(heatmap, calibration_heatmap_svg(r));
+  // All five staged first, then moved into place together: a failed write leaves none of them behind.
+  detail::OutputFiles files;
+  files.stage_text(windows_path, dump_mask_strategy(r.strategy, MaskStrategyFormat::tileattn) + "\n", "mask strategy");
+  files.stage_text(fastvideo, dump_mask_strategy(fastvideo_strategy(r), MaskStrategyFormat::fastvideo) + "\n",
+                   "mask strategy");
+  files.stage_text(report_json, calibration_report_json(r) + "\n", "calibration output");
+  files.stage_text(report_md, calibration_report_markdown(r), "calibration output");
+  files.stage_text(heatmap, calibration_heatmap_svg(r), "calibration output");
+  files.commit();
   return {windows_path, fastvideo, report_md, report_json, heatmap};
 }
 

@@ -9,7 +9,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "host/input_limits.hpp"
 #include "tileattn/capture.hpp"
+#include "tileattn/checked.hpp"
+#include "tileattn/detail/output_files.hpp"
 #include "tileattn/detail/testing.hpp"
 #include "tileattn/error.hpp"
 
@@ -17,7 +20,7 @@ namespace tileattn {
 namespace {
 
 using nlohmann::json;
-constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // safetensors' own limit
+constexpr uint64_t kMaxHeaderBytes = static_cast<uint64_t>(limits::kMaxCaptureHeaderBytes);  // safetensors' own
 static_assert(std::endian::native == std::endian::little, "capture I/O assumes a little-endian host");
 
 [[noreturn]] void fail(const std::string& path, const std::string& where, const std::string& what) {
@@ -25,8 +28,8 @@ static_assert(std::endian::native == std::endian::little, "capture I/O assumes a
   throw FileError(fmt::format("capture '{}', {}: {}", path, where, what));
 }
 
-std::string tensor_where(const char* name) { return fmt::format("tensor '{}'", name); }
-std::string meta_where(const char* key) { return fmt::format("metadata key '{}'", key); }
+std::string tensor_where(const char* name) { return fmt::format("tensor '{}'", quote_truncated(name)); }
+std::string meta_where(const char* key) { return fmt::format("metadata key '{}'", quote_truncated(key)); }
 
 bool parse_dtype(const std::string& text, CaptureDType& out) {
   if (text == "BF16") out = CaptureDType::bf16;
@@ -40,7 +43,7 @@ int64_t parse_int(const std::string& path, const char* key, const std::string& t
   int64_t value = 0;
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (text.empty() || ec != std::errc() || ptr != text.data() + text.size() || value < min)
-    fail(path, meta_where(key), fmt::format("expected an integer >= {}, got '{}'", min, text));
+    fail(path, meta_where(key), fmt::format("expected an integer >= {}, got '{}'", min, quote_truncated(text)));
   return value;
 }
 
@@ -53,8 +56,9 @@ std::ifstream open_binary(const std::string& path) {
 }
 
 std::vector<std::byte> read_bytes(const CaptureInfo& info, int which) {
+  const int64_t size = checked_host_bytes({info.elements(), element_size(info.dtype[which])}, "capture");
   std::ifstream in = open_binary(info.path);
-  std::vector<std::byte> bytes(static_cast<size_t>(info.elements() * element_size(info.dtype[which])));
+  std::vector<std::byte> bytes(static_cast<size_t>(size));
   in.seekg(static_cast<std::streamoff>(info.file_offset[which]));
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   if (!in) fail(info.path, tensor_where(kCaptureTensorNames[which]), "read failed (was the file changed?)");
@@ -84,12 +88,7 @@ CaptureInfo read_capture_info(const std::string& path) {
   std::string header(header_len, '\0');
   in.read(header.data(), static_cast<std::streamsize>(header_len));
   if (!in) fail(path, "", "cannot read the header");
-  json doc;
-  try {
-    doc = json::parse(header);
-  } catch (const json::parse_error& e) {
-    fail(path, "", fmt::format("header is not valid JSON ({})", e.what()));
-  }
+  const json doc = detail::parse_json_bounded(header, fmt::format("capture '{}', header", path));
   if (!doc.is_object()) fail(path, "", "header must be a JSON object");
 
   CaptureInfo info;
@@ -98,10 +97,10 @@ CaptureInfo read_capture_info(const std::string& path) {
 
   // Metadata: a flat object of strings.
   if (doc.contains("__metadata__")) {
-    const json& meta = doc["__metadata__"];
+    const json& meta = doc.at("__metadata__");
     if (!meta.is_object()) fail(path, "'__metadata__'", "must be an object of strings");
     for (const auto& [key, value] : meta.items()) {
-      if (!value.is_string()) fail(path, meta_where(key.c_str()), fmt::format("must be a string, got {}", value.dump()));
+      if (!value.is_string()) fail(path, meta_where(key.c_str()), fmt::format("must be a string, got {}", detail::brief(value)));
       info.metadata[key] = value.get<std::string>();
     }
   }
@@ -115,7 +114,7 @@ CaptureInfo read_capture_info(const std::string& path) {
     info.video = parse_extent3(meta("video_shape"), "video_shape");
   } catch (const ArgumentError&) {
     fail(path, meta_where("video_shape"), fmt::format("expected 'TxHxW' (three positive integers), got '{}'",
-                                                      info.metadata["video_shape"]));
+                                                      quote_truncated(info.metadata["video_shape"])));
   }
   info.text_len = parse_int(path, "text_len", meta("text_len"), 0);
   info.step = parse_int(path, "step", meta("step"), 0);
@@ -130,10 +129,11 @@ CaptureInfo read_capture_info(const std::string& path) {
     const std::string where = tensor_where(name.c_str());
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
       fail(path, where, "expected an object with dtype, shape and data_offsets");
-    const json& off = entry["data_offsets"];
+    const json& off = entry.at("data_offsets");
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned() ||
         off[0].get<uint64_t>() > off[1].get<uint64_t>())
-      fail(path, where, fmt::format("data_offsets must be [begin, end] with 0 <= begin <= end, got {}", off.dump()));
+      fail(path, where, fmt::format("data_offsets must be [begin, end] with 0 <= begin <= end, got {}",
+                                    detail::brief(off)));
     const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
     if (end > data_size)
       fail(path, where, fmt::format("file is truncated: the tensor's data ends at byte {} of the data section, which "
@@ -142,16 +142,24 @@ CaptureInfo read_capture_info(const std::string& path) {
     const auto it = std::find(std::begin(kCaptureTensorNames), std::end(kCaptureTensorNames), name);
     if (it == std::end(kCaptureTensorNames)) continue;  // other tensors are allowed and ignored
     const int which = static_cast<int>(it - std::begin(kCaptureTensorNames));
-    if (!entry["dtype"].is_string() || !parse_dtype(entry["dtype"].get<std::string>(), info.dtype[which]))
+    const json& dtype = entry.at("dtype");
+    if (!dtype.is_string() || !parse_dtype(dtype.get<std::string>(), info.dtype[which]))
       fail(path, where, fmt::format("dtype {} is not supported (expected \"BF16\", \"F16\" or \"F32\")",
-                                    entry["dtype"].dump()));
-    const json& shape = entry["shape"];
-    if (!shape.is_array() || shape.size() != 4 ||
-        !std::all_of(shape.begin(), shape.end(), [](const json& d) { return d.is_number_unsigned() && d > 0; }))
-      fail(path, where, fmt::format("shape must be [B, heads, S, D] (four positive integers), got {}", shape.dump()));
+                                    detail::brief(dtype)));
+    const json& shape = entry.at("shape");
+    if (!shape.is_array() || shape.size() != 4 || !std::all_of(shape.begin(), shape.end(), [](const json& d) {
+          return d.is_number_unsigned() && d.get<uint64_t>() > 0 && d.get<uint64_t>() <= uint64_t(INT64_MAX);
+        }))
+      fail(path, where, fmt::format("shape must be [B, heads, S, D] (four positive integers < 2^63), got {}",
+                                    detail::brief(shape)));
     shapes[which] = shape.get<std::vector<int64_t>>();
+    // Wrap-free: the product is checked step by step against the bytes the tensor spans (which lie in the file).
     uint64_t bytes = static_cast<uint64_t>(element_size(info.dtype[which]));
-    for (int64_t d : shapes[which]) bytes *= static_cast<uint64_t>(d);
+    bool overflow = false;
+    for (int64_t d : shapes[which]) overflow = overflow || __builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes);
+    if (overflow)
+      fail(path, where, fmt::format("shape {} of {} needs more than 2^64 bytes; data_offsets span {}",
+                                    shape_text(shapes[which]), to_string(info.dtype[which]), end - begin));
     if (end - begin != bytes)
       fail(path, where, fmt::format("data_offsets span {} bytes but shape {} of {} needs {}", end - begin,
                                     shape_text(shapes[which]), to_string(info.dtype[which]), bytes));
@@ -169,7 +177,12 @@ CaptureInfo read_capture_info(const std::string& path) {
       fail(path, tensor_where(kCaptureTensorNames[i]), fmt::format("shape {} does not match q's shape {}",
                                                                    shape_text(shapes[i]), shape_text(shapes[0])));
   info.batch = shapes[0][0], info.heads = shapes[0][1], info.tokens = shapes[0][2], info.head_dim = shapes[0][3];
-  const int64_t expected = info.video.volume() + info.text_len;
+  int64_t expected = 0;
+  try {
+    expected = VideoGeometry(info.video, info.video, info.text_len).num_tokens();  // the token limits, checked
+  } catch (const ArgumentError& e) {
+    fail(path, meta_where(e.argument() == "text_len" ? "text_len" : "video_shape"), e.what());
+  }
   if (info.tokens != expected)
     fail(path, tensor_where("q"), fmt::format("S = {} tokens, but video_shape {} and text_len {} make {}", info.tokens,
                                               to_string(info.video), info.text_len, expected));
@@ -225,7 +238,8 @@ void write_capture(const std::string& path, const CaptureWrite& c) {
     throw_argument_error("capture", "text_len, step and layer must be >= 0");
   const VideoGeometry geometry(c.video, c.video, c.text_len);  // validates the video shape
   const int64_t tokens = geometry.num_tokens();
-  const uint64_t bytes = static_cast<uint64_t>(c.batch * c.heads * tokens * c.head_dim * element_size(c.dtype));
+  const uint64_t bytes = static_cast<uint64_t>(
+      checked_host_bytes({c.batch, c.heads, tokens, c.head_dim, element_size(c.dtype)}, "capture"));
   const std::span<const std::byte> data[3] = {c.q, c.k, c.v};
   json header = json::object();
   for (int i = 0; i < 3; ++i) {
@@ -233,7 +247,7 @@ void write_capture(const std::string& path, const CaptureWrite& c) {
       throw_argument_error(kCaptureTensorNames[i], fmt::format("expected {} bytes, got {}", bytes, data[i].size()));
     header[kCaptureTensorNames[i]] = {{"dtype", to_string(c.dtype)},
                                       {"shape", {c.batch, c.heads, tokens, c.head_dim}},
-                                      {"data_offsets", {i * bytes, (i + 1) * bytes}}};
+                                      {"data_offsets", {uint64_t(i) * bytes, uint64_t(i + 1) * bytes}}};
   }
   json meta = json::object();
   for (const auto& [key, value] : c.extra_metadata) meta[key] = value;
@@ -246,13 +260,13 @@ void write_capture(const std::string& path, const CaptureWrite& c) {
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // safetensors pads the header so the data stays 8-byte aligned
   const uint64_t header_len = text.size();
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw FileError(fmt::format("capture '{}': cannot open the file for writing", path));
-  out.write(reinterpret_cast<const char*>(&header_len), 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& d : data) out.write(reinterpret_cast<const char*>(d.data()), static_cast<std::streamsize>(d.size()));
-  out.close();
-  if (!out) throw FileError(fmt::format("capture '{}': write failed", path));
+  detail::OutputFiles files;
+  files.stage(path, [&](std::ostream& out) {
+    out.write(reinterpret_cast<const char*>(&header_len), 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& d : data) out.write(reinterpret_cast<const char*>(d.data()), static_cast<std::streamsize>(d.size()));
+  }, "capture");
+  files.commit();
 }
 
 }  // namespace tileattn

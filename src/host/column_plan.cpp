@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn {
@@ -15,6 +16,10 @@ void ColumnPlanShape::validate() const {
   if (query_block != 16 && query_block != 32 && query_block != 64 && query_block != 128)
     throw_argument_error("query_block", fmt::format("must be 16, 32, 64 or 128, got {}", query_block));
   if (key_group < 1) throw_argument_error("key_group", fmt::format("must be >= 1, got {}", key_group));
+  if (tokens > limits::kMaxTokens)
+    throw_argument_error("tokens", fmt::format("must be <= {} (limits::kMaxTokens), got {}", limits::kMaxTokens,
+                                               tokens));
+  checked_mul(heads, num_query_blocks(), "heads");  // num_rows() must not wrap
   if (num_key_groups() > std::numeric_limits<int32_t>::max())
     throw_argument_error("key_group", fmt::format("{} key groups do not fit int32 indices", num_key_groups()));
 }
@@ -71,9 +76,10 @@ ColumnPlan ColumnPlan::from_fixed(const FixedColumnPlan& f) {
   if (f.capacity < 0) throw_argument_error("capacity", fmt::format("must be >= 0, got {}", f.capacity));
   if (static_cast<int64_t>(f.counts.size()) != rows)
     throw_argument_error("counts", fmt::format("expected {} entries, got {}", rows, f.counts.size()));
-  if (static_cast<int64_t>(f.table.size()) != rows * f.capacity)
+  const int64_t entries = checked_mul(rows, f.capacity, "capacity");
+  if (static_cast<int64_t>(f.table.size()) != entries)
     throw_argument_error(
-        "table", fmt::format("expected rows * capacity = {} entries, got {}", rows * f.capacity, f.table.size()));
+        "table", fmt::format("expected rows * capacity = {} entries, got {}", entries, f.table.size()));
   std::vector<int64_t> offsets{0};
   std::vector<int32_t> indices;
   for (int64_t r = 0; r < rows; ++r) {
@@ -108,7 +114,9 @@ FixedColumnPlan ColumnPlan::to_fixed(int64_t capacity) const {
     throw_argument_error("capacity",
                          fmt::format("a row lists {} key groups, more than the capacity {}", longest, capacity));
   const int64_t rows = shape_.num_rows();
-  FixedColumnPlan f{shape_, capacity, std::vector<int32_t>(rows * capacity, -1), std::vector<int32_t>(rows)};
+  const int64_t entries = checked_host_bytes({rows, capacity}, "capacity");  // int32 entries, bounded like bytes
+  FixedColumnPlan f{shape_, capacity, std::vector<int32_t>(static_cast<size_t>(entries), -1),
+                    std::vector<int32_t>(rows)};
   for (int64_t r = 0; r < rows; ++r) {
     f.counts[r] = static_cast<int32_t>(offsets_[r + 1] - offsets_[r]);
     std::copy(indices_.begin() + offsets_[r], indices_.begin() + offsets_[r + 1], f.table.begin() + r * capacity);
@@ -130,7 +138,7 @@ SparsityReport ColumnPlan::sparsity() const {
     report.per_head[h] = 1.0 - static_cast<double>(visited) / (static_cast<double>(n) * n);
     report.visited_pairs += visited;
   }
-  report.total_pairs = heads() * n * n;
+  report.total_pairs = checked_product({heads(), n, n}, "heads");
   report.total = 1.0 - static_cast<double>(report.visited_pairs) / static_cast<double>(report.total_pairs);
   return report;
 }
@@ -148,7 +156,7 @@ TokenBlockMask ColumnPlan::to_block_mask(int64_t block_rows, int64_t block_cols)
   if (block_cols < 1) throw_argument_error("block_cols", fmt::format("must be >= 1, got {}", block_cols));
   TokenBlockMask m{tokens(), heads(), block_rows, block_cols, {}};
   const int64_t nr = m.num_row_blocks(), nc = m.num_col_blocks(), M = query_block(), N = key_group();
-  m.mask.assign(heads() * nr * nc, 0);
+  m.mask.assign(static_cast<size_t>(checked_host_bytes({heads(), nr, nc}, "block_rows")), 0);
   for (int64_t h = 0; h < heads(); ++h)
     for (int64_t qb = 0; qb < num_query_blocks(); ++qb) {
       const int64_t r0 = qb * M / block_rows, r1 = (qb * M + shape_.query_block_size(qb) - 1) / block_rows;

@@ -37,11 +37,22 @@ VideoGeometry::VideoGeometry(Extent3 video, Extent3 tile, int64_t text_len)
   if (tile.t < 1 || tile.h < 1 || tile.w < 1)
     throw_argument_error("tile", fmt::format("every extent must be >= 1, got {}", to_string(tile)));
   if (text_len < 0) throw_argument_error("text_len", fmt::format("must be >= 0, got {}", text_len));
-  constexpr int64_t kMaxTokens = int64_t{1} << 31;
-  if (video.volume() + text_len >= kMaxTokens)
-    throw_argument_error("video_shape", fmt::format("{} video + {} text tokens exceed 2^31 - 1", video.volume(),
-                                                    text_len));
+  using limits::kMaxTokens;
+  if (text_len > kMaxTokens)
+    throw_argument_error("text_len", fmt::format("{} text tokens exceed the token limit {} (limits::kMaxTokens)",
+                                                 text_len, kMaxTokens));
+  for (int a = 0; a < 3; ++a)
+    if (video[a] > kMaxTokens)
+      throw_argument_error("video_shape", fmt::format("{} exceeds the token limit {} along one axis (limits::kMaxTokens)",
+                                                      to_string(video), kMaxTokens));
+  const int64_t video_tokens = video.volume("video_shape");  // each extent < 2^31: checked, cannot reach 2^93
+  if (checked_add(video_tokens, text_len, "video_shape") > kMaxTokens)
+    throw_argument_error("video_shape", fmt::format("{} video + {} text tokens exceed the token limit {} "
+                                                    "(limits::kMaxTokens)", video_tokens, text_len, kMaxTokens));
   grid_ = {ceil_div(video.t, tile.t), ceil_div(video.h, tile.h), ceil_div(video.w, tile.w)};
+  if (grid_.volume("tile") > limits::kMaxTiles)
+    throw_argument_error("tile", fmt::format("video {} in tiles of {} makes {} tiles, more than {} (limits::kMaxTiles)",
+                                             to_string(video), to_string(tile), grid_.volume(), limits::kMaxTiles));
   tile_offsets_.resize(grid_.volume() + 1);
   tile_offsets_[0] = 0;
   for (int64_t i = 0; i < grid_.volume(); ++i) tile_offsets_[i + 1] = tile_offsets_[i] + tile_token_count(i);
@@ -107,10 +118,10 @@ template <class T>
 void permute_rows(const VideoGeometry& g, std::span<const T> src, std::span<T> dst, int64_t outer, int64_t row_elems,
                   bool to_tiled, const char* src_name, const char* dst_name) {
   const int64_t n = g.num_tokens();
-  const int64_t expect = outer * n * row_elems;
   if (outer < 0 || row_elems < 1)
     throw_argument_error("row_elems", fmt::format("outer >= 0 and row_elems >= 1 required, got {} and {}", outer,
                                                   row_elems));
+  const int64_t expect = checked_product({outer, n, row_elems}, src_name);
   if (static_cast<int64_t>(src.size()) != expect)
     throw_argument_error(src_name, fmt::format("expected {} elements ({} x {} tokens x {}), got {}", expect, outer, n,
                                                row_elems, src.size()));

@@ -8,6 +8,9 @@
 #include <set>
 #include <sstream>
 
+#include "host/input_limits.hpp"
+#include "tileattn/detail/output_files.hpp"
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn {
@@ -18,7 +21,7 @@ constexpr const char* kFormatName = "tileattn.mask_strategy";
 
 [[noreturn]] void fail(const std::string& source, const std::string& key, const std::string& what) {
   if (key.empty()) throw FileError(fmt::format("mask strategy '{}': {}", source, what));
-  throw FileError(fmt::format("mask strategy '{}', key '{}': {}", source, key, what));
+  throw FileError(fmt::format("mask strategy '{}', key '{}': {}", source, quote_truncated(key), what));
 }
 
 StrategyKey parse_key(const std::string& source, const std::string& key) {
@@ -38,11 +41,11 @@ StrategyKey parse_key(const std::string& source, const std::string& key) {
 
 Extent3 parse_triple(const std::string& source, const std::string& key, const json& value, const char* what) {
   if (!value.is_array() || value.size() != 3)
-    fail(source, key, fmt::format("{} must be an array of three positive integers, got {}", what, value.dump()));
+    fail(source, key, fmt::format("{} must be an array of three positive integers, got {}", what, detail::brief(value)));
   int64_t v[3];
   for (int i = 0; i < 3; ++i) {
     if (!value[i].is_number_integer() || value[i].get<int64_t>() < 1)
-      fail(source, key, fmt::format("{} must be an array of three positive integers, got {}", what, value.dump()));
+      fail(source, key, fmt::format("{} must be an array of three positive integers, got {}", what, detail::brief(value)));
     v[i] = value[i].get<int64_t>();
   }
   return {v[0], v[1], v[2]};
@@ -77,12 +80,7 @@ void MaskStrategy::validate() const {
 }
 
 MaskStrategy parse_mask_strategy(const std::string& text, const std::string& source) {
-  json doc;
-  try {
-    doc = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail(source, "", fmt::format("not valid JSON ({})", e.what()));
-  }
+  const json doc = detail::parse_json_bounded(text, fmt::format("mask strategy '{}'", source));
   if (!doc.is_object()) fail(source, "", "the top level must be a JSON object");
   MaskStrategy out;
   if (!doc.contains("format")) {  // FastVideo: a flat {"step_layer_head": [wt, wh, ww]} object
@@ -90,9 +88,9 @@ MaskStrategy parse_mask_strategy(const std::string& text, const std::string& sou
     return out;
   }
   if (doc["format"] != kFormatName)
-    fail(source, "format", fmt::format("expected \"{}\", got {}", kFormatName, doc["format"].dump()));
+    fail(source, "format", fmt::format("expected \"{}\", got {}", kFormatName, detail::brief(doc["format"])));
   if (!doc.contains("version") || doc["version"] != 1)
-    fail(source, "version", fmt::format("expected 1, got {}", doc.value("version", json()).dump()));
+    fail(source, "version", fmt::format("expected 1, got {}", detail::brief(doc.value("version", json()))));
   static const std::set<std::string> kKnown = {"format", "version", "video_shape", "tile", "text_len",
                                                "default", "dense_steps", "windows"};
   for (const auto& [key, value] : doc.items())
@@ -103,7 +101,7 @@ MaskStrategy parse_mask_strategy(const std::string& text, const std::string& sou
     int64_t text_len = 0;
     if (doc.contains("text_len")) {
       if (!doc["text_len"].is_number_integer() || doc["text_len"].get<int64_t>() < 0)
-        fail(source, "text_len", fmt::format("must be an integer >= 0, got {}", doc["text_len"].dump()));
+        fail(source, "text_len", fmt::format("must be an integer >= 0, got {}", detail::brief(doc["text_len"])));
       text_len = doc["text_len"].get<int64_t>();
     }
     try {
@@ -117,7 +115,7 @@ MaskStrategy parse_mask_strategy(const std::string& text, const std::string& sou
     out.default_window = parse_triple(source, "default", doc["default"], "default");
   if (doc.contains("dense_steps")) {
     if (!doc["dense_steps"].is_number_integer() || doc["dense_steps"].get<int64_t>() < 0)
-      fail(source, "dense_steps", fmt::format("must be an integer >= 0, got {}", doc["dense_steps"].dump()));
+      fail(source, "dense_steps", fmt::format("must be an integer >= 0, got {}", detail::brief(doc["dense_steps"])));
     out.dense_steps = doc["dense_steps"].get<int64_t>();
   }
   if (doc.contains("windows")) {
@@ -133,11 +131,9 @@ MaskStrategy parse_mask_strategy(const std::string& text, const std::string& sou
 }
 
 MaskStrategy read_mask_strategy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "", "cannot open the file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_mask_strategy(text.str(), path);
+  return parse_mask_strategy(detail::read_file_bounded(path, limits::kMaxStrategyBytes, "limits::kMaxStrategyBytes",
+                                                      fmt::format("mask strategy '{}'", path)),
+                             path);
 }
 
 std::string dump_mask_strategy(const MaskStrategy& s, MaskStrategyFormat format) {
@@ -160,10 +156,7 @@ void write_mask_strategy(const MaskStrategy& s, const std::string& path, MaskStr
   if (format == MaskStrategyFormat::fastvideo && (s.default_window || s.geometry || s.dense_steps != 0))
     throw_argument_error("format", "FastVideo's format has no place for default, geometry or dense_steps; use "
                                    "the tileattn format");
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw FileError(fmt::format("mask strategy '{}': cannot open the file for writing", path));
-  out << dump_mask_strategy(s, format) << '\n';
-  if (!out) throw FileError(fmt::format("mask strategy '{}': write failed", path));
+  detail::write_text_file_atomic(path, dump_mask_strategy(s, format) + "\n", "mask strategy");
 }
 
 }  // namespace tileattn

@@ -105,7 +105,7 @@ BlockPlan::Transpose BlockPlan::transpose() const {
   const int64_t nq = num_query_blocks(), nk = num_key_blocks();
   Transpose t;
   t.num_key_blocks = nk;
-  t.offsets.assign(heads_ * nk + 1, 0);
+  t.offsets.assign(static_cast<size_t>(checked_add(checked_mul(heads_, nk, "heads"), 1, "heads")), 0);
   for (int64_t h = 0; h < heads_; ++h)
     for (int64_t q = 0; q < nq; ++q)
       for (int32_t k : key_blocks(h, q)) ++t.offsets[h * nk + k + 1];
@@ -132,7 +132,7 @@ SparsityReport BlockPlan::sparsity() const {
     report.per_head[h] = 1.0 - static_cast<double>(visited) / (static_cast<double>(n) * n);
     report.visited_pairs += visited;
   }
-  report.total_pairs = heads_ * n * n;
+  report.total_pairs = checked_product({heads_, n, n}, "heads");
   report.total = 1.0 - static_cast<double>(report.visited_pairs) / static_cast<double>(report.total_pairs);
   return report;
 }

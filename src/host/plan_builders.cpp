@@ -1,6 +1,7 @@
 // Builders of the one plan concept: STA windows, dense, user block masks.
 #include <fmt/format.h>
 
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/plan.hpp"
 
@@ -21,6 +22,17 @@ void append_all_blocks(const BlockPartition& p, std::vector<int32_t>& row) {
   for (int64_t t = 0; t < p.geometry().num_tiles(); ++t) append_tile_blocks(p, t, row);
   append_text_blocks(p, row);
 }
+// Refuses a plan of more than limits::kMaxPlanEntries (query block, key block) pairs before building it.
+void check_plan_entries(const BlockPartition& p, int64_t heads, int64_t max_window_tiles, const char* argument) {
+  const int64_t nb = p.num_blocks(), nt = p.num_text_blocks(), nv = nb - nt;
+  const int64_t per_video_row = checked_add(checked_mul(max_window_tiles, p.blocks_per_tile(), argument), nt, argument);
+  const int64_t entries = checked_mul(
+      heads, checked_add(checked_mul(nv, per_video_row, argument), checked_mul(nt, nb, argument), argument), argument);
+  if (entries > limits::kMaxPlanEntries)
+    throw_argument_error(argument, fmt::format("the plan would hold up to {} (query block, key block) pairs, more than "
+                                               "{} (limits::kMaxPlanEntries): reduce the video, text, window or heads",
+                                               entries, limits::kMaxPlanEntries));
+}
 }  // namespace
 
 std::vector<Window> per_head_windows(const Extent3& grid, std::span<const Window> windows, int64_t q_heads) {
@@ -40,6 +52,9 @@ BlockPlan build_sta_plan(const BlockPartition& p, std::span<const Window> window
   const int64_t heads = static_cast<int64_t>(windows.size());
   if (heads < 1) throw_argument_error("windows", "need one window per head (at least one head)");
   for (int64_t h = 0; h < heads; ++h) validate_window(windows[h], grid, fmt::format("windows[{}]", h));
+  int64_t max_window = 0;
+  for (const Window& w : windows) max_window = std::max(max_window, w.volume());
+  check_plan_entries(p, heads, max_window, "windows");
 
   const int64_t nb = p.num_blocks();
   std::vector<std::vector<int32_t>> rows(heads * nb);
@@ -65,6 +80,7 @@ BlockPlan build_sta_plan(const BlockPartition& p, std::span<const Window> window
 
 BlockPlan build_dense_plan(const BlockPartition& p, int64_t heads) {
   if (heads < 1) throw_argument_error("heads", fmt::format("must be >= 1, got {}", heads));
+  check_plan_entries(p, heads, p.geometry().num_tiles(), "heads");
   const int64_t nb = p.num_blocks();
   std::vector<int32_t> all;
   append_all_blocks(p, all);

@@ -19,6 +19,7 @@
 #include "host/parallel_for.hpp"
 #include "tileattn/calibration.hpp"
 #include "tileattn/detail/testing.hpp"
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn {
@@ -45,13 +46,23 @@ struct Rng {
 
 void validate(const SynthOptions& o) {
   const VideoGeometry geo(o.video, o.tile, o.text_len);  // validates shapes
-  auto positive = [](const char* name, int64_t v) {
-    if (v < 1) throw_argument_error(name, fmt::format("must be >= 1, got {}", v));
+  auto in_range = [](const char* name, int64_t v, int64_t max, const char* limit) {
+    if (v < 1 || v > max) throw_argument_error(name, fmt::format("must be in [1, {}] ({}), got {}", max, limit, v));
   };
-  positive("--heads", o.heads), positive("--layers", o.layers), positive("--steps", o.steps);
-  positive("--prompts", o.prompts), positive("--batch", o.batch);
-  if (o.head_dim < 8 || o.head_dim % 4 != 0)
-    throw_argument_error("--head-dim", fmt::format("must be a multiple of 4 and >= 8, got {}", o.head_dim));
+  in_range("--heads", o.heads, limits::kMaxHeads, "limits::kMaxHeads");
+  in_range("--layers", o.layers, limits::kMaxStepsOrLayers, "limits::kMaxStepsOrLayers");
+  in_range("--steps", o.steps, limits::kMaxStepsOrLayers, "limits::kMaxStepsOrLayers");
+  in_range("--prompts", o.prompts, limits::kMaxStepsOrLayers, "limits::kMaxStepsOrLayers");
+  in_range("--batch", o.batch, limits::kMaxTokens, "limits::kMaxTokens");
+  if (o.head_dim < 8 || o.head_dim % 4 != 0 || o.head_dim > 4096)
+    throw_argument_error("--head-dim", fmt::format("must be a multiple of 4 in [8, 4096], got {}", o.head_dim));
+  checked_product({o.steps, o.layers, o.prompts}, "--steps");  // the capture count
+  const int64_t bytes = checked_product({o.batch, o.heads, geo.num_tokens(), o.head_dim, element_size(o.dtype)},
+                                        "--batch");
+  if (bytes > limits::kMaxSynthTensorBytes)
+    throw_argument_error("--batch", fmt::format("--batch x --heads x tokens (--video, --text-len) x --head-dim x dtype "
+                                                "bytes = {} bytes per tensor, more than {} (limits::kMaxSynthTensorBytes)",
+                                                bytes, limits::kMaxSynthTensorBytes));
   if (!(o.sharpness >= 0) || !std::isfinite(o.sharpness))
     throw_argument_error("--sharpness", fmt::format("must be >= 0 (0: automatic), got {}", o.sharpness));
 }

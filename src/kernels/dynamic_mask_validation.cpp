@@ -11,6 +11,7 @@
 #include "kernels/dynamic_mask_layout.hpp"
 #include "kernels/fg_validation.hpp"
 #include "kernels/sta_validation.hpp"
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn {
@@ -21,20 +22,21 @@ namespace {
 // The selection kernel keeps a window row as a bitmap in shared memory (with 24 KB of histogram beside it).
 constexpr int64_t kMaxWindowGroups = int64_t{200} * 1024 * 8;
 
-int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+int64_t align256(int64_t bytes) { return checked_align_up(bytes, 256, "workspace"); }
 
 // Everything but the selection, the output and the workspace.
 void validate_common(const DynamicMaskArgs& a, const ColumnPlanShape& shape) {
   validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim);
-  if (a.batch * a.kv_heads > 65535)
-    throw_argument_error("batch", fmt::format("batch * kv_heads must be <= 65535, got {}", a.batch * a.kv_heads));
+  const int64_t batch_kv = checked_mul(a.batch, a.kv_heads, "batch");
+  if (batch_kv > 65535)
+    throw_argument_error("batch", fmt::format("batch * kv_heads must be <= 65535, got {}", batch_kv));
   shape.validate();
   if (shape.heads != a.q_heads)
     throw_argument_error("heads", fmt::format("the plan's heads must equal q_heads = {}, got {}", a.q_heads,
                                               shape.heads));
   if (shape.tokens > std::numeric_limits<int32_t>::max())
     throw_argument_error("tokens", fmt::format("must be < 2^31, got {}", shape.tokens));
-  if (a.q_heads * shape.num_query_blocks() > std::numeric_limits<int32_t>::max())
+  if (checked_mul(a.q_heads, shape.num_query_blocks(), "q_heads") > std::numeric_limits<int32_t>::max())
     throw_argument_error("q_heads", "q_heads * query blocks must be < 2^31");
   if (!std::isfinite(a.scale) || a.scale < 0.0f)
     throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
@@ -69,29 +71,33 @@ int64_t round_heads_per_pass(const DynamicMaskArgs& a, int64_t wanted) {
 DynamicMaskLayout dynamic_mask_layout(const DynamicMaskArgs& a, const ColumnPlanShape& shape,
                                       int64_t heads_per_pass) {
   const int64_t nq = shape.num_query_blocks(), ng = shape.num_key_groups(), group = a.q_heads / a.kv_heads;
-  const int64_t pooled_rows = a.batch * a.q_heads * nq;
+  // Sizes in checked arithmetic (validate_common bounds batch * kv_heads and q_heads * nq, but the layout is also
+  // computed for estimates): an overflow is an ArgumentError, never a wrapped size or a division by zero.
+  const int64_t pooled_rows = checked_product({a.batch, a.q_heads, nq}, "batch");
   DynamicMaskLayout l;
   l.heads_per_pass = heads_per_pass;
   // Statistics pass: enough key splits to fill the GPU; each a whole number of key tiles, none empty.
   const int64_t tiles = (shape.tokens + kDynKeyTile - 1) / kDynKeyTile;
-  const int64_t ctas = (group * nq + kDynRowTile - 1) / kDynRowTile * a.batch * a.kv_heads;
+  const int64_t ctas = std::max<int64_t>(
+      1, checked_product({detail::ceil_div(checked_mul(group, nq, "q_heads"), kDynRowTile), a.batch, a.kv_heads},
+                         "batch"));
   const int64_t splits = std::clamp<int64_t>((kDynTargetCtas + ctas - 1) / ctas, 1, std::min(kDynMaxSplits, tiles));
   l.stats_split_keys = (tiles + splits - 1) / splits * kDynKeyTile;
   l.stats_splits = (shape.tokens + l.stats_split_keys - 1) / l.stats_split_keys;
   int64_t at = 0;
   auto take = [&](int64_t bytes) {
     const int64_t offset = at;
-    at += align256(bytes);
+    at = checked_add(at, align256(bytes), "workspace");
     return offset;
   };
-  l.pooled = take(pooled_rows * a.head_dim * 2);
-  l.lse = take(pooled_rows * 4);
-  l.partial = take(l.stats_splits * pooled_rows * 8);
+  l.pooled = take(checked_product({pooled_rows, a.head_dim, 2}, "batch"));
+  l.lse = take(checked_mul(pooled_rows, 4, "batch"));
+  l.partial = take(checked_product({l.stats_splits, pooled_rows, 8}, "batch"));
   l.fixed_bytes = at;
-  l.mass = take(heads_per_pass * nq * ng * 4);
-  l.row_ties = take(heads_per_pass * nq * int64_t(sizeof(DynRowTies)));
-  l.head_state = take(heads_per_pass * int64_t(sizeof(DynHeadState)));
-  l.head_hist = take(heads_per_pass * int64_t(sizeof(DynHeadHist)));
+  l.mass = take(checked_product({heads_per_pass, nq, ng, 4}, "heads_per_pass"));
+  l.row_ties = take(checked_product({heads_per_pass, nq, int64_t(sizeof(DynRowTies))}, "heads_per_pass"));
+  l.head_state = take(checked_mul(heads_per_pass, int64_t(sizeof(DynHeadState)), "heads_per_pass"));
+  l.head_hist = take(checked_mul(heads_per_pass, int64_t(sizeof(DynHeadHist)), "heads_per_pass"));
   l.total = at;
   return l;
 }

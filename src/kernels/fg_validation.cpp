@@ -8,6 +8,7 @@
 
 #include "kernels/fg_kernel_params.hpp"
 #include "kernels/sta_validation.hpp"
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn {
@@ -33,8 +34,9 @@ void validate_fg_forward_args(const FgForwardArgs& a) {
   if (a.plan.shape.heads != a.q_heads)
     throw_argument_error("plan", fmt::format("has {} heads, the call {} query heads", a.plan.shape.heads, a.q_heads));
   const int64_t tokens = a.plan.shape.tokens;
-  const int64_t ctas = a.batch * a.q_heads * detail::ceil_div(tokens, int64_t{kernels::kQueryBlockRows});
-  if (ctas >= (int64_t{1} << 31) || a.batch * a.q_heads * tokens >= (int64_t{1} << 40))
+  const int64_t ctas =
+      checked_product({a.batch, a.q_heads, detail::ceil_div(tokens, int64_t{kernels::kQueryBlockRows})}, "batch");
+  if (ctas >= (int64_t{1} << 31) || checked_product({a.batch, a.q_heads, tokens}, "batch") >= (int64_t{1} << 40))
     throw_argument_error("batch", "batch * heads * tokens is too large for one launch");
   validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, "TMA and cp.async");
   validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "TMA and cp.async");
@@ -56,7 +58,12 @@ void validate_fg_forward_args(const FgForwardArgs& a) {
 }
 
 int64_t fg_forward_workspace_bytes(const FgForwardArgs& a) {
+  // The checks of fg_forward that decide the size (not the tensors, which need not exist yet): a size for a call
+  // fg_forward would refuse is an error here too, not a number.
+  validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim);
   validate_device_column_plan(a.plan);
+  if (a.plan.shape.heads != a.q_heads)
+    throw_argument_error("plan", fmt::format("has {} heads, the call {} query heads", a.plan.shape.heads, a.q_heads));
   return kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity).total;
 }
 
@@ -65,13 +72,17 @@ namespace kernels {
 FgWorkspaceLayout fg_workspace_layout(const ColumnPlanShape& shape, int64_t capacity) {
   FgWorkspaceLayout l;
   if (shape.query_block >= kQueryBlockRows) return l;
-  auto align = [](int64_t x) { return (x + 255) / 256 * 256; };
-  l.rows = shape.heads * detail::ceil_div(shape.tokens, int64_t{kQueryBlockRows});
-  l.capacity = std::min(shape.num_key_groups(), capacity * (kQueryBlockRows / shape.query_block));
+  constexpr const char* kArg = "capacity";
+  auto align = [](int64_t x) { return checked_align_up(x, 256, kArg); };
+  l.rows = checked_mul(shape.heads, detail::ceil_div(shape.tokens, int64_t{kQueryBlockRows}), "heads");
+  // The union of 128 / M sub-block rows of `capacity` groups each, and never more than every key group.
+  const int64_t subblocks = kQueryBlockRows / shape.query_block;
+  l.capacity = capacity > shape.num_key_groups() / subblocks ? shape.num_key_groups()
+                                                              : std::min(shape.num_key_groups(), capacity * subblocks);
   l.table_offset = 0;
-  l.membership_offset = align(l.rows * l.capacity * 4);
-  l.counts_offset = l.membership_offset + align(l.rows * l.capacity);
-  l.total = l.counts_offset + align(l.rows * 4);
+  l.membership_offset = align(checked_product({l.rows, l.capacity, 4}, kArg));
+  l.counts_offset = checked_add(l.membership_offset, align(checked_mul(l.rows, l.capacity, kArg)), kArg);
+  l.total = checked_add(l.counts_offset, align(checked_mul(l.rows, 4, kArg)), kArg);
   return l;
 }
 

@@ -6,6 +6,7 @@
 
 #include "kernels/backward_workspace.hpp"
 #include "kernels/sta_validation.hpp"
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/sta.hpp"
 
@@ -71,7 +72,7 @@ void validate_sta_forward_args(const StaForwardArgs& a) {
   const Extent3 grid = geo.grid();
   if (grid.t > 32767 || grid.h > 32767 || grid.w > 32767)
     throw_argument_error("video_shape", "more than 32767 tiles along one axis");
-  if (a.batch * a.q_heads * geo.num_tokens() >= (int64_t{1} << 40))
+  if (checked_product({a.batch, a.q_heads, geo.num_tokens()}, "batch") >= (int64_t{1} << 40))
     throw_argument_error("batch", "batch * heads * tokens is too large");
 
   // ---- windows ----
@@ -100,8 +101,10 @@ int64_t sta_backward_workspace_bytes(const StaForwardArgs& f) {
   const VideoGeometry geo(f.video, f.tile, f.text_len);
   const int64_t rows = kernels::kBwdQueryRows;
   const int64_t frames = rows / (f.tile.h * f.tile.w);  // validate_gpu_tile: the tile plane divides 64
-  const int64_t query_blocks = geo.num_tiles() * (f.tile.t / frames) + detail::ceil_div(f.text_len, rows);
-  return kernels::backward_workspace_layout(f.batch * f.q_heads * query_blocks, f.head_dim).total;
+  const int64_t query_blocks = checked_add(checked_mul(geo.num_tiles(), f.tile.t / frames, "video_shape"),
+                                           detail::ceil_div(f.text_len, rows), "video_shape");
+  return kernels::backward_workspace_layout(checked_product({f.batch, f.q_heads, query_blocks}, "batch"), f.head_dim)
+      .total;
 }
 
 void validate_sta_backward_args(const StaBackwardArgs& a) {

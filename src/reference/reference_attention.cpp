@@ -9,6 +9,7 @@
 
 #include "host/parallel_for.hpp"
 #include "reference/attention_shape.hpp"
+#include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/reference.hpp"
 
@@ -21,8 +22,9 @@ void detail::check_attention_inputs(const AttentionShape& s, size_t q, size_t k)
     throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", s.q_heads, s.kv_heads));
   if (s.tokens < 1) throw_argument_error("tokens", fmt::format("must be >= 1, got {}", s.tokens));
   if (s.head_dim < 1) throw_argument_error("head_dim", fmt::format("must be >= 1, got {}", s.head_dim));
-  const size_t nq = s.batch * s.q_heads * s.tokens * s.head_dim;
-  const size_t nkv = s.batch * s.kv_heads * s.tokens * s.head_dim;
+  // Checked: every later index product is bounded by these two.
+  const size_t nq = static_cast<size_t>(checked_product({s.batch, s.q_heads, s.tokens, s.head_dim}, "q_heads"));
+  const size_t nkv = static_cast<size_t>(checked_product({s.batch, s.kv_heads, s.tokens, s.head_dim}, "kv_heads"));
   if (q != nq) throw_argument_error("q", fmt::format("expected {} elements, got {}", nq, q));
   if (k != nkv) throw_argument_error("k", fmt::format("expected {} elements, got {}", nkv, k));
 }

@@ -4,22 +4,14 @@
 #include <cstdio>
 #include <string>
 
+#include "capi_fixtures.hpp"
 #include "tileattn/tileattn.h"
 
+using capi_fixtures::valid_args;
+using capi_fixtures::valid_dyn_args;
+using capi_fixtures::valid_fg_args;
+
 namespace {
-tileattn_sta_forward_args valid_args() {
-  static char buffer[1 << 12] alignas(16);
-  tileattn_sta_forward_args a{};
-  a.abi_version = TILEATTN_ABI_VERSION;
-  a.dtype = TILEATTN_BF16;
-  a.layout = TILEATTN_NATURAL;
-  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
-  a.video[0] = 6, a.video[1] = 8, a.video[2] = 8;
-  a.tile[0] = 6, a.tile[1] = 8, a.tile[2] = 8;
-  tileattn_tensor t{buffer, 0, 384 * 128, 128};
-  a.q = a.k = a.v = a.out = t;
-  return a;
-}
 std::string run(const tileattn_sta_forward_args& a, int expect_status) {
   EXPECT_EQ(tileattn_sta_forward(&a, nullptr), expect_status);
   return tileattn_last_error();
@@ -70,20 +62,6 @@ TEST(CApi, ValidCallWithoutGpuReportsCudaError) {
 }
 
 namespace {
-// A well-formed FG call on 256 tokens, 2 query heads, 1 kv head, M = 128, N = 16 (pointers into host memory: the
-// calls below fail before anything reads them).
-tileattn_fg_forward_args valid_fg_args() {
-  static char buffer[1 << 12] alignas(256);
-  static int32_t table[4 * 16], counts[4];
-  tileattn_fg_forward_args a{};
-  a.abi_version = TILEATTN_ABI_VERSION;
-  a.dtype = TILEATTN_BF16;
-  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
-  tileattn_tensor t{buffer, 0, 256 * 128, 128};
-  a.q = a.k = a.v = a.out = t;
-  a.plan = {256, 2, 128, 16, 16, table, counts};
-  return a;
-}
 std::string fg_error(const tileattn_fg_forward_args* a, int expect_status) {
   EXPECT_EQ(tileattn_fg_forward(a, nullptr), expect_status);
   std::string forward_message = tileattn_last_error();
@@ -146,24 +124,6 @@ TEST(CApi, FgValidCallsWithoutGpuReportCudaError) {
 }
 
 namespace {
-// A well-formed dynamic-mask call on 256 tokens, 2 query heads, 1 kv head, M = 128, N = 16 (host pointers: the calls
-// below fail before anything reads them).
-tileattn_dynamic_mask_args valid_dyn_args() {
-  static char buffer[1 << 12] alignas(256);
-  static char workspace[1 << 20] alignas(256);
-  tileattn_dynamic_mask_args a{};
-  a.abi_version = TILEATTN_ABI_VERSION;
-  a.dtype = TILEATTN_BF16;
-  a.batch = 1, a.q_heads = 2, a.kv_heads = 1, a.head_dim = 128;
-  tileattn_tensor t{buffer, 0, 256 * 128, 128};
-  a.q = a.k = t;
-  a.rule = TILEATTN_RULE_TOP_K;
-  a.p = 0.9, a.top_k = 4, a.threshold = 0.01, a.target_sparsity = 0.5;
-  a.keep_diagonal = 1;
-  a.workspace = workspace;
-  a.workspace_bytes = sizeof workspace;
-  return a;
-}
 // Both entry points on `a`, expecting `status` from each; returns the build's message.
 std::string dyn_error(const tileattn_dynamic_mask_args* a, int expect_status) {
   const tileattn_column_plan out = valid_fg_args().plan;

@@ -63,8 +63,8 @@ void expect_matches_finite_differences(const GradProblem& s) {
       const size_t i = pick(rng);
       std::vector<float> plus = *input, minus = *input;
       plus[i] += h, minus[i] -= h;
-      auto eval = [&](const std::vector<float>& x) {
-        return loss(s, input == &s.q ? x : s.q, input == &s.k ? x : s.k, input == &s.v ? x : s.v);
+      auto eval = [&, which = input](const std::vector<float>& x) {  // clang 14 cannot capture a structured binding
+        return loss(s, which == &s.q ? x : s.q, which == &s.k ? x : s.k, which == &s.v ? x : s.v);
       };
       const double numeric = (eval(plus) - eval(minus)) / (double(plus[i]) - double(minus[i]));
       EXPECT_NEAR((*grad)[i], numeric, 2e-3 + 2e-3 * std::fabs(numeric)) << name << "[" << i << "]";

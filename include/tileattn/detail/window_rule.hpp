@@ -11,7 +11,8 @@
 
 namespace tileattn::detail {
 
-TILEATTN_HOST_DEVICE constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0 and b >= 1, without forming a + b - 1 (which wraps for a near INT64_MAX).
+TILEATTN_HOST_DEVICE constexpr int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 // First key tile visited along one axis by the query tile at `center` when the axis has `grid` tiles and the window
 // spans `window` tiles: clamp(center - floor(window / 2), 0, grid - window). The visited tiles are
