@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _intercept
-from .sta import sta_attention
+from .sta import _triple, sta_attention
 from .strategy import MaskStrategy
 
 Triple = Tuple[int, int, int]
@@ -168,16 +168,6 @@ def _mask_plan(mask: Optional[torch.Tensor], batch: int, tokens: int, n_video: i
 
 
 # ---- the handle ----
-
-def _window_triple(w, name: str) -> Triple:
-    try:
-        t = tuple(int(x) for x in w)
-    except TypeError:
-        raise TypeError(f"{name} must be three ints (wt, wh, ww), got {w!r}") from None
-    if len(t) != 3 or min(t) < 1:
-        raise ValueError(f"{name} must be three positive ints (wt, wh, ww), got {w!r}")
-    return t  # type: ignore[return-value]
-
 
 class ModelHooks:
     """Hooks on a set of transformers and their self-attention layers: the denoising step (from `timestep`), the
@@ -403,12 +393,12 @@ def enable_sta(pipe_or_transformer, window: Optional[Union[Sequence[int], Sequen
     if strategy is None:
         window = (3, 3, 3) if window is None else window
         if len(window) == 3 and all(isinstance(x, int) for x in window):
-            window = _window_triple(window, "window")
+            window = _triple(window, "window")
         else:
-            window = [_window_triple(w, f"window[{i}]") for i, w in enumerate(window)]
+            window = [_triple(w, f"window[{i}]") for i, w in enumerate(window)]
     if tile is None:
         tile = strategy.tile if strategy is not None and strategy.tile else (6, 8, 8)
-    tile = _window_triple(tile, "tile")
+    tile = _triple(tile, "tile")
     if strategy is not None and strategy.tile and tuple(strategy.tile) != tile:
         raise ValueError(f"tile {tile} differs from the strategy's tile {tuple(strategy.tile)}, which its windows "
                          "are counted in")

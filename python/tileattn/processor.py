@@ -42,18 +42,19 @@ class SlidingTileAttnProcessor:
                  step: Optional[DenoisingStep] = None):
         """processor: the processor to wrap. Windows come from `strategy` (per step/layer/head) or `window` (one
         triple or one per head, all steps). The first `dense_steps` steps stay dense."""
-        from .diffusers import StaHandle, _window_triple
+        from .diffusers import StaHandle
+        from .sta import _triple
         if strategy is None and window is None:
             raise ValueError("SlidingTileAttnProcessor needs a strategy or a window")
         if window is not None and not (len(window) == 3 and all(isinstance(x, int) for x in window)):
-            window = [_window_triple(w, f"window[{i}]") for i, w in enumerate(window)]
+            window = [_triple(w, f"window[{i}]") for i, w in enumerate(window)]
         self.processor = processor
         self.layer = int(layer)
-        self.video_shape = _window_triple(video_shape, "video_shape")
+        self.video_shape = _triple(video_shape, "video_shape")
         self.text_len = int(text_len)
         self.step = step if step is not None else DenoisingStep()
         self.n_tokens = math.prod(self.video_shape) + self.text_len
-        self._sta = StaHandle([], window, strategy, _window_triple(tile, "tile"), int(dense_steps), strict=False)
+        self._sta = StaHandle([], window, strategy, _triple(tile, "tile"), int(dense_steps), strict=False)
         _intercept.signature_preserving_wrapper(self, processor)
 
     @property

@@ -13,6 +13,7 @@
 
 #include "kernels/sta_validation.hpp"
 #include "tileattn/capture.hpp"
+#include "tileattn/checked.hpp"
 #include "tileattn/dynamic_mask_gpu.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/fg.hpp"
@@ -68,14 +69,20 @@ int json_out(const char* path, char* buffer, int64_t capacity, int64_t* needed, 
 
 tileattn::DeviceTensor tensor(const tileattn_tensor& t) { return {t.data, t.batch_stride, t.head_stride, t.token_stride}; }
 
-// The checks every argument struct starts with: present, the caller's ABI version, a known dtype.
+// The checks every argument struct starts with: present, the caller's ABI version (check_abi), a known dtype.
 template <class Args>
-void check_header(const Args* a) {
+void check_abi(const Args* a) {
   using namespace tileattn;
   if (a == nullptr) throw_argument_error("args", "is NULL");
   if (a->abi_version != TILEATTN_ABI_VERSION)
     throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
                                                     a->abi_version));
+}
+
+template <class Args>
+void check_header(const Args* a) {
+  using namespace tileattn;
+  check_abi(a);
   if (a->dtype != TILEATTN_BF16 && a->dtype != TILEATTN_FP16)
     throw_argument_error("dtype", fmt::format("must be TILEATTN_BF16 (0) or TILEATTN_FP16 (1), got {}", a->dtype));
 }
@@ -316,16 +323,17 @@ struct StaReferenceProblem {
   std::vector<int32_t> text_valid;
   tileattn::ReferenceOptions options;
 
-  size_t q_elements() const { return size_t(shape.batch * shape.q_heads * shape.tokens * shape.head_dim); }
-  size_t kv_elements() const { return size_t(shape.batch * shape.kv_heads * shape.tokens * shape.head_dim); }
+  size_t q_elements() const {
+    return size_t(tileattn::checked_product({shape.batch, shape.q_heads, shape.tokens, shape.head_dim}, "q"));
+  }
+  size_t kv_elements() const {
+    return size_t(tileattn::checked_product({shape.batch, shape.kv_heads, shape.tokens, shape.head_dim}, "k"));
+  }
 };
 
 StaReferenceProblem sta_reference_problem(const tileattn_sta_reference_args* a) {
   using namespace tileattn;
-  if (a == nullptr) throw_argument_error("args", "is NULL");
-  if (a->abi_version != TILEATTN_ABI_VERSION)
-    throw_argument_error("abi_version", fmt::format("this library speaks ABI {}, the caller {}", TILEATTN_ABI_VERSION,
-                                                    a->abi_version));
+  check_abi(a);
   if (a->accumulation != 0 && a->accumulation != 1)
     throw_argument_error("accumulation", fmt::format("must be 0 (fp32) or 1 (fp64), got {}", a->accumulation));
   if (a->num_windows < 0 || a->num_windows > a->q_heads || (a->num_windows > 0 && a->windows == nullptr))
