@@ -76,6 +76,15 @@ def forward(model, inputs):
         return model(**inputs, return_dict=False)[0]
 
 
+def sta_forward(model, inputs, window):
+    """(handle, output) of one forward with STA enabled (strict), then disabled."""
+    handle = ta.enable_sta(model, window=window, tile=TILE, strict=True)
+    try:
+        return handle, forward(model, inputs)
+    finally:
+        ta.disable_sta(model)
+
+
 class MaskedReference:
     """An independent reference: every routed layer's attention as SDPA with the STA pattern as an explicit mask
     (conftest.sta_mask, token by token), plus the call's own key-padding mask."""
@@ -111,11 +120,7 @@ class MaskedReference:
 def test_hunyuan_full_window_equals_dense_and_routes_every_layer():
     model, inputs = hunyuan(), hunyuan_inputs()
     dense = forward(model, inputs)
-    handle = ta.enable_sta(model, window=(99, 99, 99), tile=TILE, strict=True)
-    try:
-        out = forward(model, inputs)
-    finally:
-        ta.disable_sta(model)
+    handle, out = sta_forward(model, inputs, window=(99, 99, 99))
     assert handle.num_layers == 4  # 2 dual-stream + 2 single-stream blocks
     assert handle.routed == {0: 1, 1: 1, 2: 1, 3: 1}
     assert not handle.fallbacks
@@ -127,11 +132,7 @@ def test_hunyuan_window_equals_masked_sdpa_reference():
     with MaskedReference(model, (1, 3, 3), TILE):
         ref = forward(model, inputs)
     dense = forward(model, inputs)
-    ta.enable_sta(model, window=(1, 3, 3), tile=TILE, strict=True)
-    try:
-        out = forward(model, inputs)
-    finally:
-        ta.disable_sta(model)
+    _, out = sta_forward(model, inputs, window=(1, 3, 3))
     assert rel(out, ref) < 1e-5, rel(out, ref)
     assert rel(out, dense) > 1e-3  # the window matters, so the comparison above is not dense vs dense
 
@@ -304,21 +305,13 @@ def test_backward_through_sta_matches_reference():
 def test_hunyuan15_pairwise_mask_routes_and_matches():
     model, inputs = hunyuan15(), hunyuan15_inputs()
     dense = forward(model, inputs)
-    handle = ta.enable_sta(model, window=(99, 99, 99), tile=TILE, strict=True)
-    try:
-        out = forward(model, inputs)
-    finally:
-        ta.disable_sta(model)
+    handle, out = sta_forward(model, inputs, window=(99, 99, 99))
     assert handle.routed == {0: 1, 1: 1} and not handle.fallbacks
     assert torch.isfinite(out).all()
     assert rel(out, dense) < 1e-5, rel(out, dense)
     with MaskedReference(model, (1, 3, 3), TILE):
         ref = forward(model, inputs)
-    ta.enable_sta(model, window=(1, 3, 3), tile=TILE, strict=True)
-    try:
-        out = forward(model, inputs)
-    finally:
-        ta.disable_sta(model)
+    _, out = sta_forward(model, inputs, window=(1, 3, 3))
     assert rel(out, ref) < 1e-5, rel(out, ref)
 
 
@@ -329,20 +322,12 @@ def test_wan_self_attention_only():
     layers = ta.self_attention_layers(model)
     assert layers == [b.attn1 for b in model.blocks]  # attn2 (cross-attention) is not routed
     dense = forward(model, inputs)
-    handle = ta.enable_sta(model, window=(99, 99, 99), tile=TILE, strict=True)
-    try:
-        out = forward(model, inputs)
-    finally:
-        ta.disable_sta(model)
+    handle, out = sta_forward(model, inputs, window=(99, 99, 99))
     assert handle.routed == {0: 1, 1: 1}
     assert rel(out, dense) < 1e-5
     with MaskedReference(model, (3, 1, 3), TILE):
         ref = forward(model, inputs)
-    ta.enable_sta(model, window=(3, 1, 3), tile=TILE, strict=True)
-    try:
-        out = forward(model, inputs)
-    finally:
-        ta.disable_sta(model)
+    _, out = sta_forward(model, inputs, window=(3, 1, 3))
     assert rel(out, ref) < 1e-5 and rel(out, dense) > 1e-3
 
 
