@@ -187,30 +187,28 @@ def _check_struct_sizes(lib, path) -> None:
                                 "tileattn._ffi: the package and the library disagree on the C ABI")
 
 
+def _library_with(symbol: str, feature: str):
+    """The loaded libtileattn, checked to export `symbol` (a library built before `feature` lacks it)."""
+    lib = library()
+    if not hasattr(lib, symbol):
+        raise TileattnError(f"{lib._name} was built before {feature} (no {symbol}); rebuild it")
+    return lib
+
+
 def fg_library():
     """The loaded libtileattn, checked to have the FG-Attn entry points."""
-    lib = library()
-    if not hasattr(lib, "tileattn_fg_forward"):
-        raise TileattnError(f"{lib._name} was built before FG-Attn (no tileattn_fg_forward); rebuild it")
-    return lib
+    return _library_with("tileattn_fg_forward", "FG-Attn")
 
 
 def reference_library():
     """The loaded libtileattn, checked to have the CPU reference path (STA on CPU tensors)."""
-    lib = library()
-    if not hasattr(lib, "tileattn_sta_reference_forward"):
-        raise TileattnError(f"{lib._name} was built before the CPU path (no tileattn_sta_reference_forward); "
-                            "rebuild it")
-    return lib
+    return _library_with("tileattn_sta_reference_forward", "the CPU path")
 
 
 def dynamic_mask_library():
     """The loaded libtileattn, checked to have the GPU dynamic-mask builder's entry points."""
-    lib = fg_library()
-    if not hasattr(lib, "tileattn_build_dynamic_column_plan"):
-        raise TileattnError(f"{lib._name} was built before the dynamic mask builder (no "
-                            "tileattn_build_dynamic_column_plan); rebuild it")
-    return lib
+    fg_library()
+    return _library_with("tileattn_build_dynamic_column_plan", "the dynamic mask builder")
 
 
 class TileattnArgumentError(TileattnError, ValueError):
