@@ -161,6 +161,32 @@ class FgPlan:
         m = self.group_mask().repeat_interleave(self.query_block, 1)[:, :self.tokens]
         return m.repeat_interleave(self.key_group, 2)[:, :, :self.tokens]
 
+    def to_bsr(self, fold_heads: bool = True):
+        """The plan as a block-sparse row (BSR) matrix of query_block x key_group blocks, the form of FlashInfer's
+        BlockSparseAttentionWrapper.plan(indptr, indices, M, N, R=query_block, C=key_group, ...): (indptr int32
+        [num_rows + 1], indices int32 [nnz]) on the plan's device, rows in the plan's order (head-major: row
+        h * num_query_blocks + qb), each listing the slots the kernel reads (see _valid_slots), ascending.
+        fold_heads=False: indices are key groups of the row's own head (head h's matrix is rows h * num_query_blocks
+        ... of indptr, rebased). fold_heads=True: group g of head h becomes h * num_key_groups + g, i.e. one
+        block-diagonal matrix over heads folded into the sequence (queries and keys [heads * tokens], one head),
+        which is the plan exactly when query_block and key_group both divide tokens. One host synchronization."""
+        lengths = torch.empty(self.num_rows, dtype=torch.int64, device=self.device)
+        for r0, r1 in self._row_chunks():
+            lengths[r0:r1] = self._valid_slots(r0, r1).sum(1)
+        indptr = torch.zeros(self.num_rows + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(lengths, 0, out=indptr[1:])
+        bounds = indptr.cpu()
+        if int(bounds[-1]) >= 2 ** 31:
+            raise ValueError(f"the plan lists {int(bounds[-1])} blocks: more than int32 BSR indices hold")
+        indices = torch.empty(int(bounds[-1]), dtype=torch.int32, device=self.device)
+        for r0, r1 in self._row_chunks():
+            t = self.table[r0:r1]
+            if fold_heads:
+                head = torch.arange(r0, r1, device=self.device, dtype=torch.int32) // self.num_query_blocks
+                t = t + (head * self.num_key_groups)[:, None]
+            indices[int(bounds[r0]):int(bounds[r1])] = t[self._valid_slots(r0, r1)]
+        return indptr.to(torch.int32), indices
+
     def sparsity(self) -> float:
         """The exact fraction of (query, key) pairs skipped over heads * tokens^2 (partial blocks and groups counted
         by their size); one host synchronization."""
