@@ -58,7 +58,9 @@ WORKLOADS = {
     # grid 5x6x10; windows are odd or the full extent per axis, so 90% (30 tiles) is 1x6x5 (3x2x5 is not a window)
     "hunyuan-720p": ((30, 48, 80), 24, {0.5: (5, 6, 5), 0.7: (3, 6, 5), 0.9: (1, 6, 5)}),
     "quick": ((18, 16, 40), 4, {0.5: (3, 1, 5), 0.7: (3, 1, 3), 0.9: (1, 1, 3)}),          # grid 3x2x5
+    "tiny": ((2, 8, 32), 2, {}),  # 512 tokens: the CPU self-test of the harness (python/tests/test_bench_fg_bsr.py)
 }
+DEVICE = "cuda"  # the self-test runs the harness on the CPU with emulated kernels
 PLAN_TABLE_LIMIT = 2 << 30  # bytes: past this, a plan's capacity follows the target density instead of all groups
 
 
@@ -294,6 +296,7 @@ def main():
     p.add_argument("--out", default=os.environ.get("OUT") or "bench/results", help="folder of the JSON file")
     p.add_argument("--json", help="write the results here instead of <out>/<gpu>-<workload>-fg.json")
     p.add_argument("--quick", action="store_true", help="a small shape (18x16x40, 4 heads): smoke test")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # 2x8x32, 2 heads: CPU self-test
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds kept per configuration")
     p.add_argument("--warmup", type=int, default=2, help="interleaved rounds dropped per configuration")
     p.add_argument("--sparsities", default="0.5,0.7,0.9")
@@ -315,7 +318,7 @@ def main():
                    help="seconds from the start: no configuration starts that would end past it, judged by the "
                         "longest finished configuration of the same N (0: no limit)")
     a = p.parse_args()
-    workload = "quick" if a.quick else "hunyuan-720p"
+    workload = "tiny" if a.tiny else "quick" if a.quick else "hunyuan-720p"
     video, heads, sta_windows = WORKLOADS[workload]
     S, M = math.prod(video), a.query_block
     sparsities = [float(s) for s in a.sparsities.split(",")]
@@ -362,9 +365,10 @@ def main():
     if "flashinfer" in peers:
         try:
             import flashinfer
+            res["flashinfer_version"] = str(getattr(flashinfer, "__version__", "?"))
+            flashinfer.BlockSparseAttentionWrapper  # noqa: B018 - the API used, checked up front
             fi = flashinfer
-            res["flashinfer_version"] = flashinfer.__version__
-            print(f"flashinfer {flashinfer.__version__} from {flashinfer.__file__}", flush=True)
+            print(f"flashinfer {res['flashinfer_version']} from {getattr(flashinfer, '__file__', '?')}", flush=True)
         except Exception as e:  # noqa: BLE001 - the peer is optional
             res["flashinfer_import_error"] = err_text(e)
             print(f"FlashInfer does not import ({err_text(e)}): its columns are skipped. Install the wheels of "
@@ -381,7 +385,7 @@ def main():
         flex = torch.compile(flex_attention, dynamic=False)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q, k, v = (torch.randn(1, heads, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(1, heads, S, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
     dense_pairs = heads * S * S
     cudnn_times = []
     gpu_readings = {"clocks": [], "powers": []}

@@ -71,3 +71,145 @@ def test_bsr_keeps_only_the_slots_the_kernel_reads():
         assert torch.equal(got, dense[h])
     assert int(indptr[1]) == groups  # row 0: every in-range group of its clamped slots, -1 skipped
     assert indices[int(indptr[1]):int(indptr[2])].tolist() == [3]  # row 1: the out-of-range group skipped
+
+
+# ---- bench/bench_fg.py's harness end to end on the CPU: emulated FG / FlashInfer kernels, no CUDA
+
+import importlib  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+import pytest  # noqa: E402
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
+
+
+def masked_attention(q, k, v, mask):
+    """q/k/v [B, H, S, D], mask bool [H, S, S] -> fp32 SDPA cast back."""
+    out = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[None])
+    return out.to(q.dtype)
+
+
+class FakeBsrWrapper:
+    """FlashInfer's BlockSparseAttentionWrapper as documented: BSR (indptr, indices) of R x C blocks over M x N,
+    one pattern for every head, q [M, Hq, D], k/v [N, Hkv, D]."""
+    corrupt = False
+
+    def __init__(self, workspace, backend="auto"):
+        self._backend = backend
+
+    def plan(self, indptr, indices, M, N, R, C, num_qo_heads, num_kv_heads, head_dim, **kw):
+        assert indptr.dtype == indices.dtype == torch.int32 and N % C == 0
+        assert int(indices.max()) < N // C
+        self.mask = bsr_dense(indptr, indices, -(-M // R), N // C, R, C, M, N)
+
+    def run(self, q, k, v, out=None):
+        o = masked_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                             self.mask.expand(q.shape[1], -1, -1))[0].transpose(0, 1)
+        if self.corrupt:
+            o = o.flip(0)
+        out.copy_(o)
+        return out
+
+
+def fake_synthetic_plan(tokens, heads, M, N, sparsity, kind="random", video=None, seed=0, capacity=None, out=None,
+                        **kw):
+    if out is not None:
+        return out
+    g = torch.Generator().manual_seed(seed)
+    nqb, groups = -(-tokens // M), -(-tokens // N)
+    keep = torch.rand(heads * nqb, groups, generator=g) >= sparsity
+    qb = torch.arange(heads * nqb) % nqb
+    col = torch.arange(groups)
+    keep |= (col[None] * N < (qb[:, None] + 1) * M) & ((col[None] + 1) * N > qb[:, None] * M)  # the diagonal
+    rows = [torch.nonzero(r).flatten().tolist() for r in keep]
+    return tileattn.FgPlan.from_rows(rows, tokens, heads, M, N, device="cpu",
+                                     capacity=groups if capacity is None else capacity)
+
+
+@pytest.fixture
+def bench_fg(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    mod = importlib.import_module("bench_fg")
+    monkeypatch.setattr(mod, "DEVICE", "cpu")
+    monkeypatch.setattr(mod, "ceilings", lambda: (1.0, 1.0))
+    monkeypatch.setattr(mod, "gpu_state", lambda: (None, None))
+
+    def timed(fn, warmup, reps, inner=3):
+        fn()
+        return 1.0, [1.0]
+    monkeypatch.setattr(mod, "timed", timed)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200 (emulated)")
+    monkeypatch.setattr(tileattn, "synthetic_fg_plan", fake_synthetic_plan)
+    monkeypatch.setattr(tileattn, "fg_attention", lambda q, k, v, plan: masked_attention(q, k, v,
+                                                                                        plan.to_dense_mask()))
+    fake = types.ModuleType("flashinfer")
+    fake.__version__ = "0-fake"
+    fake.BlockSparseAttentionWrapper = FakeBsrWrapper
+    monkeypatch.setitem(sys.modules, "flashinfer", fake)
+    monkeypatch.setattr(FakeBsrWrapper, "corrupt", False)
+    return mod
+
+
+def run_bench(mod, monkeypatch, tmp_path, *args):
+    path = tmp_path / "fg.json"
+    monkeypatch.setattr(sys, "argv", ["bench_fg.py", "--tiny", "--no-flex", "--no-sta", "--reps", "1", "--warmup",
+                                      "0", "--json", str(path), *args])
+    code = 0
+    try:
+        mod.main()
+    except SystemExit as e:
+        code = e.code
+    return code, json.loads(path.read_text())
+
+
+def test_config_order_puts_the_headline_first(bench_fg):
+    order = bench_fg.config_order(["random", "local"], [64, 8, 16, 1], [0.5, 0.7, 0.9])
+    assert order[:4] == [("random", 1, 0.7), ("local", 1, 0.7), ("random", 16, 0.7), ("local", 16, 0.7)]
+    assert len(order) == 24 and len(set(order)) == 24
+
+
+def test_harness_flashinfer_matches_fg_with_folded_heads(bench_fg, monkeypatch, tmp_path):
+    code, res = run_bench(bench_fg, monkeypatch, tmp_path, "--sparsities", "0.7", "--key-groups", "1,16,64")
+    assert code == 0, res.get("failures")
+    assert "flashinfer_import_error" not in res and res["flashinfer_version"] == "0-fake"
+    for n in (1, 16, 64):
+        for kind in ("random", "local"):
+            label = f"{kind}_n{n}_s0.70"
+            assert res[f"flashinfer_fg_{label}_rel_l2_vs_tileattn"] < 1e-2, label
+            for key in ("flashinfer_fg_{}_fwd_ms", "tileattn_fg_{}_fwd_ms", "flashinfer_fg_{}_plan_ms",
+                        "tileattn_fg_{}_speedup_vs_flashinfer", "fg_mask_build_{}_ms"):
+                assert key.format(label) in res, key.format(label)
+    assert res["configs_done"][:2] == ["random_n1_s0.70", "local_n1_s0.70"]
+
+
+def test_harness_records_a_mismatch_and_fails(bench_fg, monkeypatch, tmp_path):
+    monkeypatch.setattr(FakeBsrWrapper, "corrupt", True)
+    code, res = run_bench(bench_fg, monkeypatch, tmp_path, "--sparsities", "0.7", "--key-groups", "16",
+                          "--kinds", "random")
+    assert code == 3
+    assert "MISMATCH" in res["flashinfer_fg_random_n16_s0.70_error"]
+    assert "flashinfer_fg_random_n16_s0.70_fwd_ms" not in res and "tileattn_fg_random_n16_s0.70_fwd_ms" in res
+
+
+def test_harness_survives_a_failing_peer(bench_fg, monkeypatch, tmp_path):
+    def boom(self, *a, **kw):
+        raise RuntimeError("emulated FlashInfer failure")
+    monkeypatch.setattr(FakeBsrWrapper, "plan", boom)
+    code, res = run_bench(bench_fg, monkeypatch, tmp_path, "--sparsities", "0.5,0.7", "--key-groups", "8",
+                          "--kinds", "local")
+    assert code == 0
+    assert "emulated FlashInfer failure" in res["flashinfer_fg_local_n8_s0.70_error"]
+    assert res["configs_done"] == ["local_n8_s0.70", "local_n8_s0.50"]
+
+
+def test_harness_without_flashinfer(bench_fg, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "flashinfer", None)  # import raises ImportError
+    code, res = run_bench(bench_fg, monkeypatch, tmp_path, "--sparsities", "0.9", "--key-groups", "16",
+                          "--kinds", "random")
+    assert code == 0 and "flashinfer_import_error" in res
+    assert "tileattn_fg_random_n16_s0.90_fwd_ms" in res
