@@ -10,7 +10,7 @@
 #   configuration of the last run; "128,64" tries both at a compilation each).
 # Exit status: bench_fg.py's (3: FlashInfer disagreed with FG somewhere, see "failures" in the JSON; 124/130: timeout).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$PWD/.carry/bin:${LD_LIBRARY_PATH:-}
