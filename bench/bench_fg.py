@@ -501,8 +501,13 @@ def main():
             print(f"  {label}: FAILED: {err_text(e)}", flush=True)
             traceback.print_exc()
         del plan, out, fi_peer, methods
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        except Exception as e:  # a sticky CUDA error (e.g. a peer's illegal address): nothing later can run
+            res["fatal_error"] = f"after {label}: {err_text(e)}"
+            dump()
+            raise
         durations[N] = max(durations.get(N, 0.0), time.time() - t_config)
         res[f"config_{label}_elapsed_s"] = round(time.time() - t_config, 1)
         dump()
