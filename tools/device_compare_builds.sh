@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Same-run timing of two builds of tileattn on the device: the CLI's `bench` (CUDA events, median of --reps after
+# warm-up) for the STA forward/backward and the FG forward, alternating the builds round by round (A B, B A, ...) so
+# clock and thermal drift fall on both alike. Writes $OUT/compare_builds.json (per key: every round's time for each
+# build, the medians and after/before) and prints a table.
+#   tools/device_compare_builds.sh BEFORE_DIR AFTER_DIR [ROUNDS]
+# Each DIR holds a tileattn CLI and the libtileattn.so it was built with (e.g. .carry/before, .carry/bin).
+set -euo pipefail
+before=$1 after=$2 rounds=${3:-5}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/compare"
+configs=(
+  "sta      --windows 3x3x3,5x5x5 --backward"
+  "sta_text --windows 3x3x3 --text 256"
+  "fg       --fg --fg-kind random,local --fg-sparsity 0.7 --fg-key-group 1,16"
+)
+for r in $(seq 1 "$rounds"); do
+  order=("$before" "$after"); [ $((r % 2)) -eq 0 ] && order=("$after" "$before")
+  for dir in "${order[@]}"; do
+    tag=$([ "$dir" = "$before" ] && echo before || echo after)
+    for c in "${configs[@]}"; do
+      read -r name args <<<"$c"
+      # shellcheck disable=SC2086
+      LD_LIBRARY_PATH=$dir "$dir/tileattn" bench $args --warmup 3 --reps 10 \
+        --json "$OUT/compare/${tag}_${name}_r$r.json" > "$OUT/compare/${tag}_${name}_r$r.log" 2>&1 \
+        || { echo "$tag $name round $r failed:"; tail -5 "$OUT/compare/${tag}_${name}_r$r.log"; exit 1; }
+    done
+  done
+  echo "round $r done"
+done
+python3 - "$OUT" "$rounds" <<'EOF'
+import glob, json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+times = {}
+for tag in ("before", "after"):
+    for path in sorted(glob.glob(f"{out}/compare/{tag}_*_r*.json")):
+        for key, value in json.load(open(path)).items():
+            if key.endswith("_ms") and not key.startswith("fg_mask_build"):
+                times.setdefault(key, {"before": [], "after": []})[tag].append(value)
+result = {}
+print(f"{'key':<46} {'before ms':>10} {'after ms':>10} {'after/before':>13}")
+for key, t in sorted(times.items()):
+    b, a = statistics.median(t["before"]), statistics.median(t["after"])
+    result[key] = {"before_ms": b, "after_ms": a, "ratio": a / b, "rounds_before": t["before"], "rounds_after": t["after"]}
+    print(f"{key:<46} {b:>10.3f} {a:>10.3f} {a / b:>13.4f}")
+worst = max(abs(v["ratio"] - 1) for v in result.values())
+print(f"largest |after/before - 1| over {len(result)} keys: {worst:.4f}")
+json.dump({"rounds": rounds, "keys": result, "largest_abs_change": worst}, open(f"{out}/compare_builds.json", "w"), indent=1)
+EOF
