@@ -44,16 +44,11 @@ std::vector<StaBackwardLaunch> initialize_sta_backward(const ops::StaBackwardPro
   std::vector<StaBackwardLaunch> out;
   for (int64_t l = 0; l < problem.batch.launches; ++l) {
     p.batch_offset = int(l * problem.batch.batch_per_launch);
-    p.q_video = maps.video("q", a.q, a.q_heads, l, query.frames);
+    fill_qkv_maps(p, maps, a, l, query, key);
     p.do_video = maps.video("grad_out", args.grad_out, a.q_heads, l, query.frames);
-    p.k_video = maps.video("k", a.k, a.kv_heads, l, key.frames);
-    p.v_video = maps.video("v", a.v, a.kv_heads, l, key.frames);
     p.dk_video = maps.video("grad_k", args.grad_k, a.kv_heads, l, key.frames / 2);
     p.dv_video = maps.video("grad_v", args.grad_v, a.kv_heads, l, key.frames / 2);
-    p.q_text = maps.text("q", a.q, a.q_heads, l, query.rows);
     p.do_text = maps.text("grad_out", args.grad_out, a.q_heads, l, query.rows);
-    p.k_text = maps.text("k", a.k, a.kv_heads, l, key.rows);
-    p.v_text = maps.text("v", a.v, a.kv_heads, l, key.rows);
     p.dk_text = maps.text("grad_k", args.grad_k, a.kv_heads, l, key.rows / 2);
     p.dv_text = maps.text("grad_v", args.grad_v, a.kv_heads, l, key.rows / 2);
     out.push_back({p, problem.key_ctas_per_launch, problem.query_chunks_per_launch});

@@ -42,13 +42,8 @@ std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& prob
   std::vector<StaLaunch> out;
   for (int64_t l = 0; l < problem.batch.launches; ++l) {
     p.batch_offset = int(l * problem.batch.batch_per_launch);
-    p.q_video = maps.video("q", a.q, a.q_heads, l, query.frames);
-    p.k_video = maps.video("k", a.k, a.kv_heads, l, key.frames);
-    p.v_video = maps.video("v", a.v, a.kv_heads, l, key.frames);
+    fill_qkv_maps(p, maps, a, l, query, key);
     p.o_video = maps.video("out", a.out, a.q_heads, l, query.frames / 2);
-    p.q_text = maps.text("q", a.q, a.q_heads, l, query.rows);
-    p.k_text = maps.text("k", a.k, a.kv_heads, l, key.rows);
-    p.v_text = maps.text("v", a.v, a.kv_heads, l, key.rows);
     p.o_text = maps.text("out", a.out, a.q_heads, l, query.rows / 2);
     out.push_back({p, problem.ctas_per_launch});
   }

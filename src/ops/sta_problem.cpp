@@ -34,7 +34,7 @@ namespace {
 
 // The block width fitting the tile: 192-row key blocks halve the per-block softmax/rescale overhead relative to the
 // MMA work (FA3 uses 176 for head dim 128); they need whole frames: tile_t must be a multiple of 192 / (h * w).
-int production_block_n(const StaForwardArgs& a) {
+int choose_block_n(const StaForwardArgs& a) {
   const int64_t plane = a.tile.h * a.tile.w;
   if (a.head_dim == 128 && 192 % plane == 0 && a.tile.t % (192 / plane) == 0) return 192;
   return 128;
@@ -96,7 +96,7 @@ StaShape resolve_sta_shape(const StaForwardArgs& a) {
 StaForwardProblem resolve_sta_forward(const StaForwardArgs& a, int block_n) {
   StaShape sta = resolve_sta_shape(a);
   const TiledBlocks query = sta.blocks(kernels::kQueryBlockRows);
-  const TiledBlocks key = sta.blocks(block_n != 0 ? block_n : production_block_n(a));
+  const TiledBlocks key = sta.blocks(block_n != 0 ? block_n : choose_block_n(a));
   const BatchLaunches batch =
       batch_launches(a.batch, {{a.q, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads}, {a.out, a.q_heads}});
   const int64_t blocks_per_bh =

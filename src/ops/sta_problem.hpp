@@ -11,9 +11,7 @@
 #include "tileattn/export.hpp"
 #include "tileattn/sta.hpp"
 
-namespace tileattn {
-
-namespace ops {
+namespace tileattn::ops {
 
 // Geometry of one kind of block (`rows` tokens = whole frames of a tile): frames per block, blocks per tile and the
 // non-empty blocks of the last tile along t.
@@ -64,5 +62,4 @@ StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& args);
 // The workspace layout of a backward over `sta` (checked arithmetic: throws ArgumentError, never a wrapped size).
 kernels::BackwardWorkspace sta_backward_workspace(const StaShape& sta);
 
-}  // namespace ops
-}  // namespace tileattn
+}  // namespace tileattn::ops

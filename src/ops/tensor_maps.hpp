@@ -65,6 +65,19 @@ void fill_shared_params(Params& p, const ops::StaShape& sta, const ops::TiledBlo
   p.scale_log2 = ops::softmax_scale_log2(a.scale, a.head_dim);
 }
 
+// Launch `launch`'s Q, K, V maps, which the forward and backward parameter blocks share (same field names): video
+// boxes of the block kinds' frames, text boxes of their rows.
+template <class Params>
+void fill_qkv_maps(Params& p, const TensorMapFactory& maps, const StaForwardArgs& a, int64_t launch,
+                   const ops::TiledBlocks& query, const ops::TiledBlocks& key) {
+  p.q_video = maps.video("q", a.q, a.q_heads, launch, query.frames);
+  p.k_video = maps.video("k", a.k, a.kv_heads, launch, key.frames);
+  p.v_video = maps.video("v", a.v, a.kv_heads, launch, key.frames);
+  p.q_text = maps.text("q", a.q, a.q_heads, launch, query.rows);
+  p.k_text = maps.text("k", a.k, a.kv_heads, launch, key.rows);
+  p.v_text = maps.text("v", a.v, a.kv_heads, launch, key.rows);
+}
+
 // True if the current device has compute capability 9.0 (cached per device).
 bool current_device_is_hopper();
 
