@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/sm90/sta_fwd_kernel.cuh"
+#include "ops/sta_problem.hpp"
 #include "tileattn/detail/testing.hpp"
 
 using namespace tileattn;
@@ -88,7 +89,7 @@ int main(int argc, char** argv) {
     std::printf("\nwindow %s (%.3g useful TFLOP)\n", to_string(w).c_str(), 4.0 * d * pairs / 1e12);
     for (const Variant& var : variants) {
       args.out = {out, elems, n * d, d};
-      auto launches = kernels::prepare_sta_launches(args, var.block_n);
+      auto launches = kernels::initialize_sta_forward(ops::resolve_sta_forward(args, var.block_n));
       auto run = [&] {
         for (auto& l : launches) var.launch(l.params, l.num_ctas, nullptr);
       };
@@ -142,7 +143,7 @@ int main(int argc, char** argv) {
       args.q = {tq, te, nt * d, d}, args.k = {tk, te, nt * d, d}, args.v = {tv, te, nt * d, d};
       args.out = {to, te, nt * d, d};
       args.windows = std::span<const Window>(&w, 1);
-      auto l = kernels::prepare_sta_launches(args, var.block_n).front();
+      auto l = kernels::initialize_sta_forward(ops::resolve_sta_forward(args, var.block_n)).front();
       const int64_t text_ctas = int64_t(heads) * l.params.num_text_query_blocks;
       l.params.num_text_query_blocks = 0;
       char name[96];

@@ -21,8 +21,9 @@
 
 #include "tileattn/capture.hpp"
 #include "tileattn/mask_strategy.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 enum class ScoringDevice { automatic, cpu, gpu };
 

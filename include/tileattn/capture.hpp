@@ -19,8 +19,9 @@
 #include <vector>
 
 #include "tileattn/geometry.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 enum class CaptureDType { bf16, fp16, fp32 };
 const char* to_string(CaptureDType dtype);  // "BF16", "F16", "F32" (safetensors' spelling)

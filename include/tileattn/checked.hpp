@@ -9,8 +9,9 @@
 #include <string_view>
 
 #include "tileattn/error.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 // ---- limits (each named in the error that enforces it) ----
 namespace limits {

@@ -15,9 +15,10 @@
 #include <vector>
 
 #include "tileattn/plan.hpp"
-#include "tileattn/sta.hpp"
+#include "tileattn/types.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 // Shape of a fine-grained plan: positions, heads, M and N. validate() throws ArgumentError naming the field.
 struct ColumnPlanShape {

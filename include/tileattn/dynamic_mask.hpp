@@ -17,8 +17,9 @@
 
 #include "tileattn/column_plan.hpp"
 #include "tileattn/reference.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 // Estimated attention mass per (head, query block, key group); each row sums to 1.
 struct ColumnMass {

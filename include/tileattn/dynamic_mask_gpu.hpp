@@ -44,9 +44,10 @@
 #include "tileattn/column_plan.hpp"
 #include "tileattn/dynamic_mask.hpp"
 #include "tileattn/fg.hpp"
-#include "tileattn/sta.hpp"
+#include "tileattn/types.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 struct DynamicMaskArgs {
   DType dtype = DType::bf16;

@@ -4,8 +4,9 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 // Base class of every error tileattn throws on purpose.
 class Error : public std::runtime_error {

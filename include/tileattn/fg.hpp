@@ -19,9 +19,10 @@
 #include <cstdint>
 
 #include "tileattn/column_plan.hpp"
-#include "tileattn/sta.hpp"
+#include "tileattn/types.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 // A FixedColumnPlan in device memory. Row r = head * shape.num_query_blocks() + query block lists counts[r] key
 // groups in table[r * capacity, r * capacity + counts[r]), strictly ascending.

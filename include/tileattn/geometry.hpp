@@ -14,8 +14,9 @@
 
 #include "tileattn/checked.hpp"
 #include "tileattn/detail/window_rule.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 // A triple along (t, h, w): a video shape, a tile shape, a tile-grid shape, a coordinate or a window (in tiles).
 struct Extent3 {

@@ -17,8 +17,9 @@
 #include <tuple>
 
 #include "tileattn/geometry.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 struct StrategyKey {
   int64_t step = 0;

@@ -15,8 +15,9 @@
 #include <vector>
 
 #include "tileattn/geometry.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 enum class BlockKind : uint8_t { video, text };
 

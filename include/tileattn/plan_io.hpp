@@ -9,8 +9,9 @@
 #include <string>
 
 #include "tileattn/plan.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 std::string tile_plan_json(const BlockPlan& plan, bool per_head_objects);
 // The tile-level attention map of one head: query tiles down, key tiles across, visited tiles filled; text

@@ -11,8 +11,9 @@
 
 #include "tileattn/column_plan.hpp"
 #include "tileattn/plan.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn {
+namespace TILEATTN_EXPORT tileattn {
 
 enum class Accumulation { fp32, fp64 };
 

@@ -12,22 +12,10 @@
 #include <span>
 
 #include "tileattn/geometry.hpp"
+#include "tileattn/types.hpp"
+#include "tileattn/export.hpp"
 
-struct CUstream_st;
-
-namespace tileattn {
-
-using StreamHandle = CUstream_st*;  // a cudaStream_t
-
-enum class DType : int32_t { bf16 = 0, fp16 = 1 };
-enum class TokenLayout : int32_t { natural = 0, tile_major = 1 };
-
-struct DeviceTensor {
-  void* data = nullptr;
-  int64_t batch_stride = 0;  // in elements
-  int64_t head_stride = 0;
-  int64_t token_stride = 0;
-};
+namespace TILEATTN_EXPORT tileattn {
 
 struct StaForwardArgs {
   DType dtype = DType::bf16;
@@ -70,9 +58,6 @@ struct StaBackwardArgs {
 
 int64_t sta_backward_workspace_bytes(const StaForwardArgs& forward);
 void sta_backward(const StaBackwardArgs& args, StreamHandle stream);
-
-// True if this build has the kernels and the current device can run them (compute capability 9.0).
-bool gpu_kernels_available();
 
 // Checks the tile shape against what the GPU kernel supports; throws ArgumentError naming "tile" if it cannot.
 void validate_gpu_tile(const Extent3& tile);

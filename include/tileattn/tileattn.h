@@ -5,6 +5,8 @@
 #define TILEATTN_TILEATTN_H
 #include <stdint.h>
 
+#include "tileattn/export.hpp"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -47,7 +49,7 @@ typedef struct tileattn_sta_forward_args {
   float scale;                /* 0: 1/sqrt(head_dim) */
 } tileattn_sta_forward_args;
 
-int tileattn_sta_forward(const tileattn_sta_forward_args* args, void* cuda_stream);
+TILEATTN_EXPORT int tileattn_sta_forward(const tileattn_sta_forward_args* args, void* cuda_stream);
 
 /* STA backward: dQ, dK, dV of the forward call described by `forward` (its `out` is the forward output, its `lse`
  * the forward LSE, required). See tileattn::sta_backward in sta.hpp. */
@@ -60,8 +62,8 @@ typedef struct tileattn_sta_backward_args {
   int32_t reserved;
 } tileattn_sta_backward_args;
 
-int tileattn_sta_backward_workspace_bytes(const tileattn_sta_forward_args* forward, int64_t* bytes);
-int tileattn_sta_backward(const tileattn_sta_backward_args* args, void* cuda_stream);
+TILEATTN_EXPORT int tileattn_sta_backward_workspace_bytes(const tileattn_sta_forward_args* forward, int64_t* bytes);
+TILEATTN_EXPORT int tileattn_sta_backward(const tileattn_sta_backward_args* args, void* cuda_stream);
 
 /* ---- FG-Attn: fine-grained sparse attention forward (see tileattn/fg.hpp) ---- */
 
@@ -88,17 +90,17 @@ typedef struct tileattn_fg_forward_args {
   int64_t workspace_bytes;
 } tileattn_fg_forward_args;
 
-int tileattn_fg_forward_workspace_bytes(const tileattn_fg_forward_args* args, int64_t* bytes);
-int tileattn_fg_forward(const tileattn_fg_forward_args* args, void* cuda_stream);
+TILEATTN_EXPORT int tileattn_fg_forward_workspace_bytes(const tileattn_fg_forward_args* args, int64_t* bytes);
+TILEATTN_EXPORT int tileattn_fg_forward(const tileattn_fg_forward_args* args, void* cuda_stream);
 
 typedef enum tileattn_synthetic_mask { TILEATTN_MASK_RANDOM = 0, TILEATTN_MASK_LOCAL = 1 } tileattn_synthetic_mask;
 /* Writes a synthetic mask into the device plan on the stream (see build_synthetic_column_plan in fg.hpp). video
  * (T, H, W) and text_len matter for TILEATTN_MASK_LOCAL only; video may be NULL for TILEATTN_MASK_RANDOM. */
-int tileattn_build_synthetic_column_plan(const tileattn_column_plan* plan, int32_t kind, double sparsity,
+TILEATTN_EXPORT int tileattn_build_synthetic_column_plan(const tileattn_column_plan* plan, int32_t kind, double sparsity,
                                          uint64_t seed, const int64_t video[3], int64_t text_len,
                                          int32_t keep_diagonal, void* cuda_stream);
 /* Copies the plan to the host and validates it (the message names "counts" or "table"); synchronizes the stream. */
-int tileattn_check_column_plan(const tileattn_column_plan* plan, void* cuda_stream);
+TILEATTN_EXPORT int tileattn_check_column_plan(const tileattn_column_plan* plan, void* cuda_stream);
 
 /* ---- FG-Attn: dynamic fine-grained masks built on the GPU (see tileattn/dynamic_mask_gpu.hpp) ---- */
 
@@ -130,23 +132,23 @@ typedef struct tileattn_dynamic_mask_args {
 
 /* Workspace bytes for building a plan of out_shape_plan's shape (only its tokens, heads, query_block, key_group are
  * read) with heads_per_pass query heads' masses resident at once (0: all heads, the fastest; 1: the least). */
-int tileattn_dynamic_mask_workspace_bytes(const tileattn_dynamic_mask_args* args,
+TILEATTN_EXPORT int tileattn_dynamic_mask_workspace_bytes(const tileattn_dynamic_mask_args* args,
                                           const tileattn_column_plan* out_shape_plan, int64_t heads_per_pass,
                                           int64_t* bytes);
 /* Estimates the attention mass per (head, query block, key group) from q and k and writes the rule's selection into
  * out (every row, every slot; unused slots -1; a row longer than out->capacity keeps its capacity groups of highest
  * priority). On the stream, no host synchronization, no allocation (CUDA-graph capturable). */
-int tileattn_build_dynamic_column_plan(const tileattn_dynamic_mask_args* args, const tileattn_column_plan* out,
+TILEATTN_EXPORT int tileattn_build_dynamic_column_plan(const tileattn_dynamic_mask_args* args, const tileattn_column_plan* out,
                                        void* cuda_stream);
 
 /* Reads a mask-strategy file (FastVideo's format or tileattn's), validates it, and writes it in tileattn's JSON format
  * (NUL-terminated) into buffer. *needed receives the size the text needs (NUL included); if capacity is smaller the
  * call returns TILEATTN_ERROR_ARGUMENT naming "capacity" and writes nothing: call again with a larger buffer. */
-int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed);
+TILEATTN_EXPORT int tileattn_mask_strategy_read(const char* path, char* buffer, int64_t capacity, int64_t* needed);
 /* Reads and validates a capture file (safetensors with q, k, v and calibration metadata, see capture.hpp) and writes
  * a JSON summary into buffer, sized as for tileattn_mask_strategy_read: {"video_shape", "text_len", "step", "layer",
  * "prompt", "metadata", "shape": [B, heads, S, D], "dtypes": {"q": "BF16", ...}, "l2_norms": {"q": ..., ...}}. */
-int tileattn_capture_inspect(const char* path, char* buffer, int64_t capacity, int64_t* needed);
+TILEATTN_EXPORT int tileattn_capture_inspect(const char* path, char* buffer, int64_t capacity, int64_t* needed);
 /* ---- CPU reference path: STA forward and backward on host fp32 tensors, no GPU needed ----
  * The same semantics as tileattn_sta_forward / tileattn_sta_backward (windows, text, text_valid, GQA, scale), computed
  * by the CPU reference (reference.hpp) over the STA plan: what PyTorch's CPU tensors run, and the kernels' oracle. */
@@ -168,21 +170,21 @@ typedef struct tileattn_sta_reference_args {
 } tileattn_sta_reference_args;
 
 /* out: [batch, q_heads, tokens, head_dim]; lse (optional): [batch, q_heads, tokens], natural log (-inf: no key). */
-int tileattn_sta_reference_forward(const tileattn_sta_reference_args* args, float* out, float* lse);
+TILEATTN_EXPORT int tileattn_sta_reference_forward(const tileattn_sta_reference_args* args, float* out, float* lse);
 /* Gradients for the upstream gradient grad_out (out's shape): grad_q has q's shape, grad_k / grad_v k's (summed over
  * each GQA group). */
-int tileattn_sta_reference_backward(const tileattn_sta_reference_args* args, const float* grad_out, float* grad_q,
+TILEATTN_EXPORT int tileattn_sta_reference_backward(const tileattn_sta_reference_args* args, const float* grad_out, float* grad_q,
                                     float* grad_k, float* grad_v);
 
 /* 1 if this build has the kernels and the current device can run them, else 0. */
-int tileattn_gpu_kernels_available(void);
+TILEATTN_EXPORT int tileattn_gpu_kernels_available(void);
 /* sizeof the named argument struct of this ABI ("tileattn_sta_forward_args", "tileattn_sta_backward_args",
  * "tileattn_column_plan", "tileattn_fg_forward_args", "tileattn_dynamic_mask_args", "tileattn_tensor",
  * "tileattn_sta_reference_args"), or -1 for an unknown name: bindings that mirror the structs check their layout. */
-int64_t tileattn_struct_size(const char* name);
-const char* tileattn_last_error(void);
-const char* tileattn_version(void);
-int tileattn_abi_version(void);
+TILEATTN_EXPORT int64_t tileattn_struct_size(const char* name);
+TILEATTN_EXPORT const char* tileattn_last_error(void);
+TILEATTN_EXPORT const char* tileattn_version(void);
+TILEATTN_EXPORT int tileattn_abi_version(void);
 
 #ifdef __cplusplus
 }

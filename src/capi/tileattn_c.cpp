@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/sta_validation.hpp"
+#include "ops/attention_call.hpp"
 #include "tileattn/capture.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/dynamic_mask_gpu.hpp"

@@ -11,9 +11,9 @@
 #include <string>
 
 #include "kernels/dynamic_mask_layout.hpp"
+#include "ops/kernel_backend.hpp"
 #include "tileattn/dynamic_mask_gpu.hpp"
 #include "tileattn/error.hpp"
-#include "tileattn/sta.hpp"
 
 namespace tileattn {
 namespace kernels {
@@ -930,6 +930,7 @@ int grid_for(int64_t work, int threads) {
   return int(std::clamp<int64_t>((work + threads - 1) / threads, 1, 65535));
 }
 
+// The resolved call (ops::DynamicMaskProblem) as the launchers read it, with its stream.
 struct Problem {
   const DynamicMaskArgs& a;
   const ColumnPlanShape& shape;
@@ -939,10 +940,7 @@ struct Problem {
   int64_t ng() const { return shape.num_key_groups(); }
   int64_t group() const { return a.q_heads / a.kv_heads; }
   char* ws(int64_t offset) const { return static_cast<char*>(a.workspace) + offset; }
-  float scale_log2() const {
-    const double sc = a.scale != 0.0f ? double(a.scale) : 1.0 / std::sqrt(double(a.head_dim));
-    return float(sc * 1.4426950408889634);
-  }
+  float scale_log2() const { return ops::softmax_scale_log2(a.scale, a.head_dim); }
 };
 
 template <DType T, int D>
@@ -1070,25 +1068,13 @@ void dispatch(const Problem& pr, const DeviceColumnPlan* out, float* mass_out) {
                          : launch_estimate_and_passes<DType::fp16, 64>(pr, out, mass_out);
 }
 
-void require_gpu(const char* what) {
-  if (!gpu_kernels_available())
-    throw CudaError(std::string(what) + ": no GPU of compute capability 9.0 (Hopper) is available to this process");
-}
-
 }  // namespace
 }  // namespace kernels
 
-void build_dynamic_column_plan_gpu(const DynamicMaskArgs& args, const DeviceColumnPlan& out, StreamHandle stream) {
-  const kernels::DynamicMaskLayout layout = kernels::validate_dynamic_mask_build(args, out);
-  kernels::require_gpu("build_dynamic_column_plan_gpu");
-  kernels::dispatch({args, out.shape, layout, static_cast<cudaStream_t>(stream)}, &out, nullptr);
-}
-
-void estimate_column_mass_gpu(const DynamicMaskArgs& args, const ColumnPlanShape& shape, float* mass,
-                              StreamHandle stream) {
-  const kernels::DynamicMaskLayout layout = kernels::validate_dynamic_mask_estimate(args, shape, mass);
-  kernels::require_gpu("estimate_column_mass_gpu");
-  kernels::dispatch({args, shape, layout, static_cast<cudaStream_t>(stream)}, nullptr, mass);
+void ops::run_dynamic_mask(const DynamicMaskProblem& problem, StreamHandle stream) {
+  require_hopper_gpu(problem.operation);
+  kernels::dispatch({*problem.args, problem.shape, problem.layout, static_cast<cudaStream_t>(stream)}, problem.out,
+                    problem.mass);
 }
 
 }  // namespace tileattn

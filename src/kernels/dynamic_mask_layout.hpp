@@ -1,6 +1,6 @@
 #pragma once
-// The GPU dynamic-mask builder's tiling constants, workspace layout and argument validation, shared by the CUDA
-// launcher and by builds without CUDA (so bad input gets the same message everywhere). Host code, no CUDA.
+// The GPU dynamic-mask builder's tiling constants and workspace layout, shared by the CUDA launcher and the host
+// validation (ops/dynamic_mask_problem.hpp). Host code, no CUDA.
 #include <cstdint>
 
 #include "tileattn/dynamic_mask_gpu.hpp"
@@ -55,12 +55,6 @@ DynamicMaskLayout dynamic_mask_layout(const DynamicMaskArgs& args, const ColumnP
                                       int64_t heads_per_pass);
 // The allowed heads per pass, in [1, q_heads]: the largest multiple or divisor of q_heads / kv_heads <= `wanted`.
 int64_t round_heads_per_pass(const DynamicMaskArgs& args, int64_t wanted);
-
-// Validate everything on the host (ArgumentError naming the argument); return the layout the call will use (for
-// the build: the most heads per pass that args.workspace_bytes holds).
-DynamicMaskLayout validate_dynamic_mask_build(const DynamicMaskArgs& args, const DeviceColumnPlan& out);
-DynamicMaskLayout validate_dynamic_mask_estimate(const DynamicMaskArgs& args, const ColumnPlanShape& shape,
-                                                 const float* mass);
 
 // The float threshold the GPU compares fp32 masses with: the bits of the smallest float f with double(f) >=
 // threshold, capped at 2^30 (no mass reaches it).

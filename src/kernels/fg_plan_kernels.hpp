@@ -3,7 +3,7 @@
 // first, and the synthetic mask builder.
 #include <cuda_runtime.h>
 
-#include "kernels/fg_validation.hpp"
+#include "ops/fg_problem.hpp"
 #include "tileattn/fg.hpp"
 
 namespace tileattn::kernels {

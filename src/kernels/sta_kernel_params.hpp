@@ -10,6 +10,10 @@
 
 struct CUstream_st;
 
+namespace tileattn::ops {
+struct StaForwardProblem;
+}
+
 namespace tileattn::kernels {
 
 inline constexpr int kMaxHeads = 256;     // == tileattn::kMaxQueryHeads
@@ -56,10 +60,9 @@ struct StaLaunch {
   int64_t num_ctas;
 };
 
-// Validates `args` and builds the launches for a kernel whose key blocks hold `block_n` rows.
-std::vector<StaLaunch> prepare_sta_launches(const StaForwardArgs& args, int block_n);
-// The key-block width the production kernel uses for this call (192 where the tile allows it for head dim 128).
-int choose_block_n(const StaForwardArgs& args);
+// The launches of a resolved forward (ops::resolve_sta_forward; its key blocks hold problem.key.rows rows). Exported
+// for tools/sta_variants.
+TILEATTN_EXPORT std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& problem);
 
 // Implemented in the sm90 translation units, one per (dtype, head_dim).
 template <DType Dtype, int HeadDim>

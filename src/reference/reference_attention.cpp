@@ -7,7 +7,7 @@
 #include <limits>
 #include <vector>
 
-#include "host/parallel_for.hpp"
+#include "core/parallel_for.hpp"
 #include "reference/attention_shape.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"

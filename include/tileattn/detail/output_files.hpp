@@ -8,8 +8,10 @@
 #include <ostream>
 #include <string>
 #include <vector>
+#include "tileattn/export.hpp"
 
-namespace tileattn::detail {
+namespace TILEATTN_EXPORT tileattn {
+namespace detail {
 
 class OutputFiles {
  public:
@@ -34,4 +36,5 @@ class OutputFiles {
 // One file: stage + commit.
 void write_text_file_atomic(const std::string& path, const std::string& text, const std::string& what);
 
-}  // namespace tileattn::detail
+}  // namespace detail
+}  // namespace tileattn

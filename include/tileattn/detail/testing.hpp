@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <vector>
 
-#include "tileattn/sta.hpp"
+#include "tileattn/types.hpp"
+#include "tileattn/export.hpp"
 
-namespace tileattn::detail {
+namespace TILEATTN_EXPORT tileattn {
+namespace detail {
 
 // Fills `count` elements of `dtype` at `data` with values uniform in [-amplitude, amplitude), from `seed`.
 void fill_random_device(void* data, int64_t count, DType dtype, uint64_t seed, float amplitude, StreamHandle stream);
@@ -16,4 +18,5 @@ void fill_pattern_device(void* data, int64_t count, uint16_t pattern, StreamHand
 float half_bits_to_float(uint16_t bits, DType dtype);
 uint16_t float_to_half_bits(float value, DType dtype);  // round to nearest even
 
-}  // namespace tileattn::detail
+}  // namespace detail
+}  // namespace tileattn

@@ -2,6 +2,7 @@
 // The Sliding Tile Attention window rule, shared by host code (plan builders, reference) and device code (kernels),
 // so the CPU plan and the GPU kernels cannot disagree on which key tiles a query tile visits.
 #include <cstdint>
+#include "tileattn/export.hpp"
 
 #if defined(__CUDACC__)
 #define TILEATTN_HOST_DEVICE __host__ __device__ __forceinline__
@@ -9,7 +10,8 @@
 #define TILEATTN_HOST_DEVICE inline
 #endif
 
-namespace tileattn::detail {
+namespace TILEATTN_EXPORT tileattn {
+namespace detail {
 
 // ceil(a / b) for a >= 0 and b >= 1, without forming a + b - 1 (which wraps for a near INT64_MAX).
 TILEATTN_HOST_DEVICE constexpr int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
@@ -24,4 +26,5 @@ TILEATTN_HOST_DEVICE constexpr int64_t window_start(int64_t center, int64_t grid
   return s;
 }
 
-}  // namespace tileattn::detail
+}  // namespace detail
+}  // namespace tileattn

@@ -1,5 +1,7 @@
 // Host side of the GPU dynamic-mask builder that needs no CUDA: argument validation, workspace layout (see
-// dynamic_mask_layout.hpp). Compiled in every build.
+// dynamic_mask_layout.hpp), the resolved problem. Compiled in every build.
+#include "ops/dynamic_mask_problem.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -7,10 +9,9 @@
 #include <cstring>
 #include <limits>
 
-#include "host/dynamic_mask_checks.hpp"
-#include "kernels/dynamic_mask_layout.hpp"
-#include "kernels/fg_validation.hpp"
-#include "kernels/sta_validation.hpp"
+#include "core/dynamic_mask_checks.hpp"
+#include "ops/attention_call.hpp"
+#include "ops/fg_problem.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 
@@ -102,7 +103,23 @@ DynamicMaskLayout dynamic_mask_layout(const DynamicMaskArgs& a, const ColumnPlan
   return l;
 }
 
-DynamicMaskLayout validate_dynamic_mask_build(const DynamicMaskArgs& a, const DeviceColumnPlan& out) {
+uint32_t threshold_key(double threshold) {
+  if (!(threshold > 0.0)) return 0;
+  float f = static_cast<float>(threshold);
+  if (static_cast<double>(f) < threshold) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  if (!(f < 2.0f)) return uint32_t{1} << 30;
+  uint32_t bits;
+  static_assert(sizeof bits == sizeof f);
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+}  // namespace kernels
+
+namespace ops {
+
+DynamicMaskProblem resolve_dynamic_mask_build(const DynamicMaskArgs& a, const DeviceColumnPlan& out) {
+  using namespace kernels;
   const ColumnPlanShape& shape = out.shape;
   validate_common(a, shape);
   validate_plan("out", out, shape);
@@ -121,15 +138,16 @@ DynamicMaskLayout validate_dynamic_mask_build(const DynamicMaskArgs& a, const De
   for (int64_t want = a.q_heads; want >= 1; --want) {
     if (round_heads_per_pass(a, want) != want) continue;
     const DynamicMaskLayout l = dynamic_mask_layout(a, shape, want);
-    if (l.total <= a.workspace_bytes) return l;
+    if (l.total <= a.workspace_bytes) return {"build_dynamic_column_plan_gpu", &a, shape, &out, nullptr, l};
   }
   throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs at least {} "
                                                 "(dynamic_mask_workspace_bytes(args, shape, 1))",
                                                 a.workspace_bytes, dynamic_mask_layout(a, shape, 1).total));
 }
 
-DynamicMaskLayout validate_dynamic_mask_estimate(const DynamicMaskArgs& a, const ColumnPlanShape& shape,
-                                                 const float* mass) {
+DynamicMaskProblem resolve_dynamic_mask_estimate(const DynamicMaskArgs& a, const ColumnPlanShape& shape,
+                                                 float* mass) {
+  using namespace kernels;
   validate_common(a, shape);
   if (mass == nullptr) throw_argument_error("mass", "is null");
   if (reinterpret_cast<uintptr_t>(mass) % 4 != 0) throw_argument_error("mass", "must be 4-byte aligned");
@@ -139,21 +157,10 @@ DynamicMaskLayout validate_dynamic_mask_estimate(const DynamicMaskArgs& a, const
     throw_argument_error("workspace", fmt::format("holds {} bytes; the estimate needs {} (covered by "
                                                   "dynamic_mask_workspace_bytes(args, shape, 1))",
                                                   a.workspace_bytes, l.fixed_bytes));
-  return l;
+  return {"estimate_column_mass_gpu", &a, shape, nullptr, mass, l};
 }
 
-uint32_t threshold_key(double threshold) {
-  if (!(threshold > 0.0)) return 0;
-  float f = static_cast<float>(threshold);
-  if (static_cast<double>(f) < threshold) f = std::nextafter(f, std::numeric_limits<float>::infinity());
-  if (!(f < 2.0f)) return uint32_t{1} << 30;
-  uint32_t bits;
-  static_assert(sizeof bits == sizeof f);
-  std::memcpy(&bits, &f, sizeof bits);
-  return bits;
-}
-
-}  // namespace kernels
+}  // namespace ops
 
 int64_t dynamic_mask_workspace_bytes(const DynamicMaskArgs& args, const ColumnPlanShape& shape,
                                      int64_t heads_per_pass) {

@@ -9,7 +9,7 @@
 #include <map>
 
 #include "kernels/calibration_scoring.hpp"
-#include "kernels/sta_validation.hpp"
+#include "ops/attention_call.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/plan.hpp"
 #include "tileattn/reference.hpp"

@@ -147,11 +147,12 @@ void untile(const VideoGeometry& g, std::span<const T> tiled, std::span<T> natur
   permute_rows(g, tiled, natural, outer, row_elems, false, "tiled", "natural");
 }
 
-template void tile<float>(const VideoGeometry&, std::span<const float>, std::span<float>, int64_t, int64_t);
-template void tile<double>(const VideoGeometry&, std::span<const double>, std::span<double>, int64_t, int64_t);
-template void tile<uint16_t>(const VideoGeometry&, std::span<const uint16_t>, std::span<uint16_t>, int64_t, int64_t);
-template void untile<float>(const VideoGeometry&, std::span<const float>, std::span<float>, int64_t, int64_t);
-template void untile<double>(const VideoGeometry&, std::span<const double>, std::span<double>, int64_t, int64_t);
-template void untile<uint16_t>(const VideoGeometry&, std::span<const uint16_t>, std::span<uint16_t>, int64_t, int64_t);
+// Exported by name: an explicit instantiation takes its visibility from here, not from the header's namespace.
+template TILEATTN_EXPORT void tile<float>(const VideoGeometry&, std::span<const float>, std::span<float>, int64_t, int64_t);
+template TILEATTN_EXPORT void tile<double>(const VideoGeometry&, std::span<const double>, std::span<double>, int64_t, int64_t);
+template TILEATTN_EXPORT void tile<uint16_t>(const VideoGeometry&, std::span<const uint16_t>, std::span<uint16_t>, int64_t, int64_t);
+template TILEATTN_EXPORT void untile<float>(const VideoGeometry&, std::span<const float>, std::span<float>, int64_t, int64_t);
+template TILEATTN_EXPORT void untile<double>(const VideoGeometry&, std::span<const double>, std::span<double>, int64_t, int64_t);
+template TILEATTN_EXPORT void untile<uint16_t>(const VideoGeometry&, std::span<const uint16_t>, std::span<uint16_t>, int64_t, int64_t);
 
 }  // namespace tileattn

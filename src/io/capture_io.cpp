@@ -9,7 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "host/input_limits.hpp"
+#include "core/input_limits.hpp"
 #include "tileattn/capture.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/detail/output_files.hpp"

@@ -16,7 +16,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "host/parallel_for.hpp"
+#include "core/parallel_for.hpp"
 #include "tileattn/calibration.hpp"
 #include "tileattn/detail/testing.hpp"
 #include "tileattn/checked.hpp"

@@ -1,4 +1,4 @@
-#include "host/input_limits.hpp"
+#include "core/input_limits.hpp"
 
 #include <fmt/format.h>
 

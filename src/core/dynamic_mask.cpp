@@ -7,8 +7,8 @@
 #include <cmath>
 #include <limits>
 
-#include "host/dynamic_mask_checks.hpp"
-#include "host/parallel_for.hpp"
+#include "core/dynamic_mask_checks.hpp"
+#include "core/parallel_for.hpp"
 #include "reference/attention_shape.hpp"
 #include "tileattn/error.hpp"
 

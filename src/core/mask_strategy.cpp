@@ -8,7 +8,7 @@
 #include <set>
 #include <sstream>
 
-#include "host/input_limits.hpp"
+#include "core/input_limits.hpp"
 #include "tileattn/detail/output_files.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"

@@ -1,5 +1,5 @@
-// FG-Attn argument checks and workspace layout (host only; also in builds without CUDA).
-#include "kernels/fg_validation.hpp"
+// The FG-Attn forward resolved on the host: argument checks and workspace layout (also in builds without CUDA).
+#include "ops/fg_problem.hpp"
 
 #include <fmt/format.h>
 
@@ -7,7 +7,6 @@
 #include <cmath>
 
 #include "kernels/fg_kernel_params.hpp"
-#include "kernels/sta_validation.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
 
@@ -28,14 +27,25 @@ void validate_device_column_plan(const DeviceColumnPlan& plan, const char* argum
     fail("table", "and counts must be 4-byte aligned int32 arrays");
 }
 
-void validate_fg_forward_args(const FgForwardArgs& a) {
+namespace {
+
+// The checks of fg_forward that decide the workspace size (not the tensors, which need not exist yet).
+void validate_fg_plan_for_call(const FgForwardArgs& a) {
   validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim);
   validate_device_column_plan(a.plan);
   if (a.plan.shape.heads != a.q_heads)
     throw_argument_error("plan", fmt::format("has {} heads, the call {} query heads", a.plan.shape.heads, a.q_heads));
+}
+
+}  // namespace
+
+namespace ops {
+
+FgForwardProblem resolve_fg_forward(const FgForwardArgs& a) {
+  validate_fg_plan_for_call(a);
   const int64_t tokens = a.plan.shape.tokens;
-  const int64_t ctas =
-      checked_product({a.batch, a.q_heads, detail::ceil_div(tokens, int64_t{kernels::kQueryBlockRows})}, "batch");
+  const int64_t query_blocks = detail::ceil_div(tokens, int64_t{kernels::kQueryBlockRows});
+  const int64_t ctas = checked_product({a.batch, a.q_heads, query_blocks}, "batch");
   if (ctas >= (int64_t{1} << 31) || checked_product({a.batch, a.q_heads, tokens}, "batch") >= (int64_t{1} << 40))
     throw_argument_error("batch", "batch * heads * tokens is too large for one launch");
   validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, "TMA and cp.async");
@@ -45,7 +55,8 @@ void validate_fg_forward_args(const FgForwardArgs& a) {
   if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw_argument_error("lse", "must be 4-byte aligned");
   if (!std::isfinite(a.scale) || a.scale < 0.0f)
     throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
-  const int64_t needed = kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity).total;  // plan checked above
+  const kernels::FgWorkspaceLayout workspace = kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity);
+  const int64_t needed = workspace.total;
   if (needed > 0) {
     if (a.workspace == nullptr)
       throw_argument_error("workspace", fmt::format("is null; query_block {} < 128 needs {} bytes "
@@ -55,15 +66,21 @@ void validate_fg_forward_args(const FgForwardArgs& a) {
       throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs {} (fg_forward_workspace_bytes)",
                                                     a.workspace_bytes, needed));
   }
+  const BatchLaunches batch =
+      batch_launches(a.batch, {{a.q, a.q_heads}, {a.out, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads}});
+  return {&a,
+          query_blocks,
+          workspace,
+          batch,
+          batch.batch_per_launch * a.q_heads * query_blocks,
+          a.plan.shape.key_group % 8 == 0 ? 8 : 0};
 }
 
+}  // namespace ops
+
 int64_t fg_forward_workspace_bytes(const FgForwardArgs& a) {
-  // The checks of fg_forward that decide the size (not the tensors, which need not exist yet): a size for a call
-  // fg_forward would refuse is an error here too, not a number.
-  validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim);
-  validate_device_column_plan(a.plan);
-  if (a.plan.shape.heads != a.q_heads)
-    throw_argument_error("plan", fmt::format("has {} heads, the call {} query heads", a.plan.shape.heads, a.q_heads));
+  // A size for a call fg_forward would refuse is an error here too, not a number.
+  validate_fg_plan_for_call(a);
   return kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity).total;
 }
 

@@ -1,0 +1,27 @@
+#pragma once
+// The basic types every GPU entry point shares (STA, FG-Attn, the GPU mask builder, the test helpers), and whether
+// those entry points can run here. No CUDA headers: StreamHandle is a cudaStream_t by its opaque name.
+#include <cstdint>
+#include "tileattn/export.hpp"
+
+
+struct CUstream_st;
+
+namespace TILEATTN_EXPORT tileattn {
+
+using StreamHandle = CUstream_st*;  // a cudaStream_t
+
+enum class DType : int32_t { bf16 = 0, fp16 = 1 };
+enum class TokenLayout : int32_t { natural = 0, tile_major = 1 };
+
+struct DeviceTensor {
+  void* data = nullptr;
+  int64_t batch_stride = 0;  // in elements
+  int64_t head_stride = 0;
+  int64_t token_stride = 0;
+};
+
+// True if this build has the kernels and the current device can run them (compute capability 9.0).
+bool gpu_kernels_available();
+
+}  // namespace tileattn

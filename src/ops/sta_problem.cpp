@@ -1,0 +1,156 @@
+// The STA problems resolved on the host: the GPU kernels' shape constraints, the per-head windows, blocks, batch
+// folding and the backward's workspace (also in builds without CUDA, so the CLI and the Python package can report
+// bad input anywhere).
+#include "ops/sta_problem.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/sta_kernel_params.hpp"
+#include "tileattn/checked.hpp"
+#include "tileattn/error.hpp"
+#include "tileattn/plan.hpp"
+#include "tileattn/sta.hpp"
+
+namespace tileattn {
+
+void validate_gpu_tile(const Extent3& tile) {
+  const int64_t plane = tile.h * tile.w;
+  if (plane != 16 && plane != 32 && plane != 64)
+    throw_argument_error("tile", fmt::format("the GPU kernel needs tile_h * tile_w in {{16, 32, 64}} (a 128-row block is "
+                                             "128 / (tile_h * tile_w) whole frames of a tile), got {}", to_string(tile)));
+  const int64_t frames = 128 / plane;
+  if (tile.t % frames != 0)
+    throw_argument_error("tile", fmt::format("the GPU kernel needs tile_t to be a multiple of {} (frames per 128-row "
+                                             "block for a {}x{} tile plane), got {}", frames, tile.h, tile.w,
+                                             to_string(tile)));
+  if (tile.h > 256 || tile.w > 256) throw_argument_error("tile", "tile_h and tile_w must be <= 256 (TMA box)");
+}
+
+namespace ops {
+namespace {
+
+// The block width fitting the tile: 192-row key blocks halve the per-block softmax/rescale overhead relative to the
+// MMA work (FA3 uses 176 for head dim 128); they need whole frames: tile_t must be a multiple of 192 / (h * w).
+int choose_block_n(const StaForwardArgs& a) {
+  const int64_t plane = a.tile.h * a.tile.w;
+  if (a.head_dim == 128 && 192 % plane == 0 && a.tile.t % (192 / plane) == 0) return 192;
+  return 128;
+}
+
+}  // namespace
+
+TiledBlocks StaShape::blocks(int rows) const {
+  const Extent3& tile = args->tile;
+  const int64_t plane = tile.h * tile.w;
+  if (rows % plane != 0 || tile.t % (rows / plane) != 0)
+    throw_argument_error("tile", fmt::format("blocks of {} rows need tile_t to be a multiple of {}, got {}", rows,
+                                             rows / std::max<int64_t>(plane, 1), to_string(tile)));
+  const int64_t frames = rows / plane;
+  const int64_t last_frames = args->video.t - (geometry.grid().t - 1) * tile.t;
+  return {rows, int(frames), int(tile.t / frames), int((last_frames + frames - 1) / frames)};
+}
+
+int StaShape::extent1() const { return int(args->layout == TokenLayout::tile_major ? args->tile.w : args->video.w); }
+int StaShape::extent2() const { return int(args->layout == TokenLayout::tile_major ? args->tile.h : args->video.h); }
+int StaShape::extent3() const {
+  return int(args->layout == TokenLayout::tile_major ? geometry.num_tiles() * args->tile.t : args->video.t);
+}
+
+StaShape resolve_sta_shape(const StaForwardArgs& a) {
+  // ---- shapes ----
+  validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim, kMaxQueryHeads);
+  StaShape sta{&a, VideoGeometry(a.video, a.tile, a.text_len), {}};
+  const VideoGeometry& geo = sta.geometry;
+  validate_gpu_tile(a.tile);
+  if (a.layout == TokenLayout::tile_major && !geo.tiles_exact())
+    throw_argument_error("layout", fmt::format("tile-major input needs a video shape that is a multiple of the tile "
+                                               "({} vs {}); use the natural layout for partial tiles",
+                                               to_string(a.video), to_string(a.tile)));
+  const Extent3 grid = geo.grid();
+  if (grid.t > 32767 || grid.h > 32767 || grid.w > 32767)
+    throw_argument_error("video_shape", "more than 32767 tiles along one axis");
+  if (checked_product({a.batch, a.q_heads, geo.num_tokens()}, "batch") >= (int64_t{1} << 40))
+    throw_argument_error("batch", "batch * heads * tokens is too large");
+
+  // ---- windows ----
+  sta.windows = per_head_windows(grid, a.windows, a.q_heads);
+  for (int64_t h = 0; h < a.q_heads; ++h)
+    validate_window(sta.windows[h], grid,
+                    a.windows.size() == 1 ? std::string("windows[0]") : fmt::format("windows[{}]", h));
+
+  // ---- tensors ----
+  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, "TMA");
+  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "TMA");
+  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim, 16, "TMA");
+  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, "TMA");
+  if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0)
+    throw_argument_error("lse", "must be 4-byte aligned");
+  if (!std::isfinite(a.scale) || a.scale < 0.0f)
+    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+  return sta;
+}
+
+StaForwardProblem resolve_sta_forward(const StaForwardArgs& a, int block_n) {
+  StaShape sta = resolve_sta_shape(a);
+  const TiledBlocks query = sta.blocks(kernels::kQueryBlockRows);
+  const TiledBlocks key = sta.blocks(block_n != 0 ? block_n : choose_block_n(a));
+  const BatchLaunches batch =
+      batch_launches(a.batch, {{a.q, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads}, {a.out, a.q_heads}});
+  const int64_t blocks_per_bh =
+      sta.geometry.num_tiles() * query.blocks_per_tile + detail::ceil_div(a.text_len, int64_t{query.rows});
+  const int64_t ctas = batch.batch_per_launch * a.q_heads * blocks_per_bh;
+  if (ctas >= (int64_t{1} << 31)) throw_argument_error("batch", "too many query blocks for one launch");
+  return {std::move(sta), query, key, batch, ctas};
+}
+
+kernels::BackwardWorkspace sta_backward_workspace(const StaShape& sta) {
+  const StaForwardArgs& f = *sta.args;
+  const int64_t rows = kernels::kBwdQueryRows;
+  const int64_t frames = rows / (f.tile.h * f.tile.w);  // validate_gpu_tile: the tile plane divides 64
+  const int64_t query_blocks = checked_add(checked_mul(sta.geometry.num_tiles(), f.tile.t / frames, "video_shape"),
+                                           detail::ceil_div(f.text_len, rows), "video_shape");
+  return kernels::backward_workspace_layout(checked_product({f.batch, f.q_heads, query_blocks}, "batch"), f.head_dim);
+}
+
+StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& a) {
+  const StaForwardArgs& f = a.forward;
+  StaShape sta = resolve_sta_shape(f);
+  if (f.lse == nullptr) throw_argument_error("lse", "the backward needs the forward's LSE (got a null pointer)");
+  validate_device_tensor("grad_out", a.grad_out, f.batch, f.q_heads, f.head_dim, 16, "TMA");
+  validate_device_tensor("grad_q", a.grad_q, f.batch, f.q_heads, f.head_dim, 16, "TMA");
+  validate_device_tensor("grad_k", a.grad_k, f.batch, f.kv_heads, f.head_dim, 16, "TMA");
+  validate_device_tensor("grad_v", a.grad_v, f.batch, f.kv_heads, f.head_dim, 16, "TMA");
+  const kernels::BackwardWorkspace workspace = sta_backward_workspace(sta);
+  if (a.workspace == nullptr) throw_argument_error("workspace", "is null");
+  if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0)
+    throw_argument_error("workspace", "must be 256-byte aligned");
+  if (a.workspace_bytes < workspace.total)
+    throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs {} "
+                                                  "(sta_backward_workspace_bytes)", a.workspace_bytes, workspace.total));
+
+  const TiledBlocks query = sta.blocks(kernels::kBwdQueryRows), key = sta.blocks(kernels::kBwdKeyRows);
+  const int64_t num_query_blocks =
+      sta.geometry.num_tiles() * query.blocks_per_tile + detail::ceil_div(f.text_len, int64_t{query.rows});
+  const int64_t num_text_key_blocks = detail::ceil_div(f.text_len, int64_t{key.rows});
+  const BatchLaunches batch = batch_launches(f.batch, {{f.q, f.q_heads}, {f.k, f.kv_heads}, {f.v, f.kv_heads},
+                                                       {a.grad_out, f.q_heads}, {a.grad_q, f.q_heads},
+                                                       {a.grad_k, f.kv_heads}, {a.grad_v, f.kv_heads}});
+  const int64_t key_blocks = sta.geometry.num_tiles() * key.blocks_per_tile + num_text_key_blocks;
+  const int64_t key_ctas = batch.batch_per_launch * f.kv_heads * key_blocks;
+  const int64_t query_chunks = batch.batch_per_launch * f.q_heads * num_query_blocks;
+  if (key_ctas >= (int64_t{1} << 31) || query_chunks >= (int64_t{1} << 31))
+    throw_argument_error("batch", "too many blocks for one launch");
+  return {&a,    std::move(sta), query,    key,         num_query_blocks, num_text_key_blocks,
+          workspace, batch,      key_ctas, query_chunks};
+}
+
+}  // namespace ops
+
+int64_t sta_backward_workspace_bytes(const StaForwardArgs& forward) {
+  return ops::sta_backward_workspace(ops::resolve_sta_shape(forward)).total;
+}
+
+}  // namespace tileattn

@@ -1,0 +1,65 @@
+#pragma once
+// The resolved STA problems: one function per operation validates the call's arguments (no CUDA needed, so bad
+// input gets the same message in every build) and computes everything the launch needs once: the geometry, the
+// per-head window table, the two block kinds, batch folding, the grid and (backward) the workspace layout. The
+// public entry points are resolve, then run (CUTLASS's can_implement / workspace_size / initialize / run order).
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backward_workspace.hpp"
+#include "ops/attention_call.hpp"
+#include "tileattn/export.hpp"
+#include "tileattn/sta.hpp"
+
+namespace tileattn::ops {
+
+// Geometry of one kind of block (`rows` tokens = whole frames of a tile): frames per block, blocks per tile and the
+// non-empty blocks of the last tile along t.
+struct TiledBlocks {
+  int rows = 0;
+  int frames = 0;
+  int blocks_per_tile = 0;
+  int last_tile_blocks = 0;
+};
+
+// What the STA forward and backward share: the validated forward arguments, their geometry and one window per
+// query head (per_head_windows: the single 0 / 1 / q_heads rule).
+struct StaShape {
+  const StaForwardArgs* args = nullptr;
+  VideoGeometry geometry;
+  std::vector<Window> windows;
+
+  TiledBlocks blocks(int rows) const;
+  // Map extents of the video part: (x1, x2, x3) sizes for the args' layout.
+  int extent1() const;
+  int extent2() const;
+  int extent3() const;
+};
+// Validates the forward's arguments (throws ArgumentError naming the offending argument).
+StaShape resolve_sta_shape(const StaForwardArgs& args);
+
+struct StaForwardProblem {
+  StaShape sta;
+  TiledBlocks query, key;  // query blocks of kQueryBlockRows rows, key blocks of block_n rows
+  BatchLaunches batch;
+  int64_t ctas_per_launch = 0;
+};
+// block_n = 0: the production kernel's key-block width (192 where the tile allows it for head dim 128, else 128).
+// Exported for tools/sta_variants (kernel configurations timed side by side).
+TILEATTN_EXPORT StaForwardProblem resolve_sta_forward(const StaForwardArgs& args, int block_n = 0);
+
+struct StaBackwardProblem {
+  const StaBackwardArgs* args = nullptr;
+  StaShape sta;
+  TiledBlocks query, key;  // kBwdQueryRows / kBwdKeyRows rows
+  int64_t num_query_blocks = 0, num_text_key_blocks = 0;
+  kernels::BackwardWorkspace workspace;
+  BatchLaunches batch;
+  int64_t key_ctas_per_launch = 0, query_chunks_per_launch = 0;
+};
+// The forward's checks on args.forward, plus: lse present, gradient tensors, workspace size and alignment.
+StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& args);
+// The workspace layout of a backward over `sta` (checked arithmetic: throws ArgumentError, never a wrapped size).
+kernels::BackwardWorkspace sta_backward_workspace(const StaShape& sta);
+
+}  // namespace tileattn::ops
