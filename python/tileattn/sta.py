@@ -203,12 +203,10 @@ class StaPlan:
         order = _tile_major_order(self.video_shape, self.tile, 0, device)
         token_tiles = torch.cat([self._natural_token_tiles(device)[order],
                                  torch.full((self.text_len,), no_tile, device=device)])
-        if heads == 1:
-            def mask_mod(b, h, q, k):
-                return padded[0, token_tiles[q], token_tiles[k]]
-        else:
-            def mask_mod(b, h, q, k):
-                return padded[h, token_tiles[q], token_tiles[k]]
+        shared = heads == 1  # a shared plan's BlockMask broadcasts over q's heads: h may exceed 0
+
+        def mask_mod(b, h, q, k):
+            return padded[0 if shared else h, token_tiles[q], token_tiles[k]]
         tile_tokens = math.prod(self.tile)
         if not (all(v % t == 0 for v, t in zip(self.video_shape, self.tile)) and tile_tokens % block_size == 0):
             return create_block_mask(mask_mod, None, heads, self.tokens, self.tokens, device=device or "cpu",
