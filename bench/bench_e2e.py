@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "python"))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # bench_sta (the FlexAttention baseline's mask)
 import tileattn  # noqa: E402
 import tileattn.diffusers as ta  # noqa: E402
 from tileattn import _intercept  # noqa: E402
@@ -121,23 +120,23 @@ def attention_free(call, video):
 
 
 def flex_sta(window, tile):
-    """FlexAttention with bench_sta's STA block mask (the anchors' baseline, hunyuan-720p's whole tiles) over
-    tile-major tokens; q/k/v are permuted to tile-major and back in each call, as a pipeline using it would."""
+    """FlexAttention with the STA plan's block mask (StaPlan.block_mask: FULL blocks on whole tiles such as
+    hunyuan-720p's, the anchors' baseline) over tile-major tokens; q/k/v are permuted to tile-major and back in each
+    call, as a pipeline using it would."""
     from torch.nn.attention.flex_attention import flex_attention
-    import bench_sta
     from tileattn.sta import _tile_major_order
     compiled = torch.compile(flex_attention, dynamic=False)
     cache = {}
 
     def fn(call, video):
         q, k, v = call.bhsd()
-        if tuple(video) != bench_sta.VIDEO or tuple(tile) != bench_sta.TILE:
-            raise ValueError(f"flex_sta: bench_sta's block mask is for video {bench_sta.VIDEO}, tile {bench_sta.TILE}")
         text = q.shape[2] - math.prod(video)
-        if (text, q.device) not in cache:
+        key = (tuple(video), text, q.device)
+        if key not in cache:
             order = _tile_major_order(video, tile, text, q.device)
-            cache[text, q.device] = (bench_sta.flex_block_mask(window, text, q.device), order, torch.argsort(order))
-        mask, order, inverse = cache[text, q.device]
+            plan = tileattn.StaPlan(video, window, tile, text)
+            cache[key] = (plan.block_mask(q.device), order, torch.argsort(order))
+        mask, order, inverse = cache[key]
         qt, kt, vt = (x.index_select(2, order) for x in (q, k, v))
         with _intercept.suspended():
             out = compiled(qt, kt, vt, block_mask=mask)
@@ -228,7 +227,8 @@ def main():
     }
     if not args.tiny:
         available["tileattn_sta_calibrated"] = sta(strategy=calibrated_strategy(args.strategy, n_layers))
-        if tuple(video) == (30, 48, 80) and tile == (6, 8, 8):  # bench_sta's workload
+        # Whole tiles of a multiple of 128 tokens: the FULL-block mask (anything else is a mask_mod per pair).
+        if all(n % t == 0 for n, t in zip(video, tile)) and math.prod(tile) % 128 == 0:
             available["flex_sta_3x3x3"] = handler(flex_sta((3, 3, 3), tile))
     methods = [m for m in args.methods.split(",") if m in available]
     skipped = [m for m in args.methods.split(",") if m not in available]

@@ -26,7 +26,6 @@ from tileattn.sta import _tile_major_order  # noqa: E402
 
 VIDEO, TILE, HEADS, D = (30, 48, 80), (6, 8, 8), 24, 128
 WINDOWS = {"3x3x3": (3, 3, 3), "5x3x5": (5, 3, 5), "5x5x5": (5, 5, 5)}
-GRID = tuple(v // t for v, t in zip(VIDEO, TILE))
 
 
 def timed(fn, warmup, reps, inner=3):
@@ -49,42 +48,9 @@ def timed(fn, warmup, reps, inner=3):
 
 
 def visited_pairs(window, text):
-    """Exact (query, key) pairs per head: video queries see window tiles + text, text queries see everything."""
-    n_video, tile_tokens = math.prod(VIDEO), math.prod(TILE)
-    total = n_video + text
-    tiles = math.prod(window) if window else math.prod(GRID)
-    return n_video * (tiles * tile_tokens + text) + text * total
-
-
-def flex_block_mask(window, text, device):
-    """For each 128-row query block (tile-major tokens), its window's 128-key blocks as FULL blocks."""
-    from torch.nn.attention.flex_attention import BlockMask
-    blocks_per_tile = math.prod(TILE) // 128
-    n_tiles = math.prod(GRID)
-    n_text_blocks = -(-text // 128)
-    n_blocks = n_tiles * blocks_per_tile + n_text_blocks
-    rows = []
-    for q in range(n_tiles):
-        qt, qh, qw = q // (GRID[1] * GRID[2]), (q // GRID[2]) % GRID[1], q % GRID[2]
-        s = [max(0, min(c - w // 2, g - w)) for c, w, g in zip((qt, qh, qw), window, GRID)]
-        keys = []
-        for t in range(s[0], s[0] + window[0]):
-            for h in range(s[1], s[1] + window[1]):
-                for w in range(s[2], s[2] + window[2]):
-                    tile_index = (t * GRID[1] + h) * GRID[2] + w
-                    keys += [tile_index * blocks_per_tile + b for b in range(blocks_per_tile)]
-        keys += [n_tiles * blocks_per_tile + j for j in range(n_text_blocks)]
-        rows += [keys] * blocks_per_tile
-    rows += [list(range(n_blocks))] * n_text_blocks
-    # from_kv_blocks infers the KV length from the index tensor's width: make it the full number of KV blocks.
-    idx = torch.zeros(1, 1, n_blocks, n_blocks, dtype=torch.int32)
-    cnt = torch.zeros(1, 1, n_blocks, dtype=torch.int32)
-    for i, r in enumerate(rows):
-        idx[0, 0, i, :len(r)] = torch.tensor(r, dtype=torch.int32)
-        cnt[0, 0, i] = len(r)
-    zeros = torch.zeros_like(cnt)
-    return BlockMask.from_kv_blocks(zeros.to(device), idx.to(device), cnt.to(device), idx.to(device),
-                                    BLOCK_SIZE=128)
+    """Exact (query, key) pairs per head, from the STA plan's sparsity."""
+    plan = tileattn.StaPlan(VIDEO, window, TILE, text)
+    return (1.0 - plan.sparsity()) * plan.tokens ** 2
 
 
 def rel_l2(a, b):
@@ -163,7 +129,7 @@ def backward_methods(res, flex):
         methods.append((f"tileattn_sta_{label}_bwd_deterministic_ms", grad_of(out, (q, k, v), grad_out, True), w, 0))
         if flex is not None:
             qt, kt, vt = (x.detach().index_select(2, order).requires_grad_(True) for x in (q, k, v))
-            flex_out = flex(qt, kt, vt, block_mask=flex_block_mask(w, 0, q.device))
+            flex_out = flex(qt, kt, vt, block_mask=tileattn.StaPlan(VIDEO, w, TILE).block_mask(q.device))
             # Same loss on both sides: the upstream gradient in tile-major order for FlexAttention.
             flex_fn = grad_of(flex_out, (qt, kt, vt), grad_out.index_select(2, order))
             g_flex, g_ours = flex_fn(), grad_of(out, (q, k, v), grad_out)()
@@ -224,7 +190,7 @@ def main():
             if label == "3x3x3":
                 methods.append((f"tileattn_sta_{label}_tilemajor_fwd_ms{sfx}", ours(w, "tile_major"), w, text))
             if flex is not None:
-                mask = flex_block_mask(w, text, q.device)
+                mask = tileattn.StaPlan(VIDEO, w, TILE, text).block_mask(q.device)
                 fn = (lambda mask=mask, qt=qt, kt=kt, vt=vt: flex(qt, kt, vt, block_mask=mask))
                 ref = fn()
                 res[f"check_sta_{label}_vs_flex_rel_l2{sfx}"] = rel_l2(ours(w)().index_select(2, order), ref)

@@ -82,55 +82,26 @@ CHECK_TOLERANCE = 3e-2    # relative L2, bf16 STA vs fp32 masked SDPA (output an
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Geometry of STA (same definitions as the library: README "Window semantics")
+# Geometry of STA: tileattn.StaPlan (the library's window rule, README "Window semantics")
 
 def grid_of(video: Triple, tile: Triple) -> Triple:
     return tuple(-(-v // t) for v, t in zip(video, tile))
 
 
-def resolve_window(window: Triple, grid: Triple) -> Triple:
-    """A window axis wider than the grid becomes the full axis; otherwise it must be odd or the full axis."""
-    out = []
-    for axis, w, n in zip("thw", window, grid):
-        w = min(w, n)
-        if w % 2 == 0 and w != n:
-            raise ValueError(f"window along {axis} must be odd or equal to the tile grid ({n}), got {w}")
-        out.append(w)
-    return tuple(out)
+def import_tileattn():
+    """The tileattn package (installed, else this checkout's python/); its plan objects need no library or GPU."""
+    try:
+        return importlib.import_module("tileattn")
+    except ImportError:
+        sys.path.insert(0, str(REPO / "python"))
+        return importlib.import_module("tileattn")
 
 
-def window_start(c: int, w: int, n: int) -> int:
-    """First key tile of query tile c on an axis of n tiles with window w (centred, sliding inward at borders)."""
-    return min(max(c - w // 2, 0), n - w)
-
-
-def sta_density(video: Triple, tile: Triple, window: Triple, text_len: int) -> float:
-    """Exact fraction of query-key pairs STA computes (text included). Box-shaped windows factor over the axes."""
-    n_video = math.prod(video)
-    tokens = n_video + text_len
-    video_pairs = 1
-    for length, t, w in zip(video, tile, window):
-        n = -(-length // t)
-        sizes = [min(t, length - i * t) for i in range(n)]
-        video_pairs *= sum(sizes[c] * sum(sizes[window_start(c, w, n):window_start(c, w, n) + w]) for c in range(n))
-    pairs = video_pairs + n_video * text_len + text_len * tokens  # video->text, text->everything
-    return pairs / tokens ** 2
-
-
-def sta_mask(video: Triple, tile: Triple, window: Triple, text_len: int, device) -> torch.Tensor:
-    """[S, S] bool, True = attend: the STA pattern token by token (for the reference check and --dry-run)."""
-    T, H, W = video
-    n_video = T * H * W
-    idx = torch.arange(n_video, device=device)
-    coords = (idx // (H * W), (idx // W) % H, idx % W)
-    allowed = torch.ones(n_video, n_video, dtype=torch.bool, device=device)
-    for coord, t, w, n in zip(coords, tile, window, grid_of(video, tile)):
-        tiles = coord // t
-        start = torch.clamp(tiles - w // 2, min=0).clamp(max=n - w)
-        allowed &= (tiles[None, :] >= start[:, None]) & (tiles[None, :] < start[:, None] + w)
-    mask = torch.ones(n_video + text_len, n_video + text_len, dtype=torch.bool, device=device)
-    mask[:n_video, :n_video] = allowed
-    return mask
+def sta_plan(video: Triple, tile: Triple, window: Triple, text_len: int):
+    """The tileattn.StaPlan of one window for every head; a window axis wider than the grid becomes the full axis.
+    Its sparsity, dense mask (the reference check and --dry-run) and the kernel all follow the library's rule."""
+    window = tuple(min(w, n) for w, n in zip(window, grid_of(video, tile)))
+    return import_tileattn().StaPlan(video, window, tile, text_len)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -140,9 +111,9 @@ def dense_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
 
-def make_sta_attention(tileattn, video: Triple, tile: Triple, window: Triple, text_len: int):
+def make_sta_attention(tileattn, plan):
     def sta_attention(q, k, v):
-        return tileattn.sta_attention(q, k, v, video_shape=video, window=window, tile=tile, text_len=text_len)
+        return tileattn.sta_attention(q, k, v, plan=plan)
     return sta_attention
 
 
@@ -404,7 +375,7 @@ def check_sta_against_reference(tileattn, tile: Triple, head_dim: int, text_len:
     g = seeded_generator(device, 1234)
     packed = torch.randn(batch, tokens, 3, heads, head_dim, generator=g, device=device).to(torch.bfloat16)
     weight = torch.randn(batch, tokens, heads * head_dim, generator=g, device=device)
-    mask = sta_mask(video, tile, window, text_len, device)
+    plan = sta_plan(video, tile, window, text_len)
 
     def run(attention, leaf):
         leaf = leaf.detach().requires_grad_()
@@ -414,8 +385,8 @@ def check_sta_against_reference(tileattn, tile: Triple, head_dim: int, text_len:
         (grad,) = torch.autograd.grad(loss, leaf)
         return o.detach().float(), grad.float()
 
-    out, grad = run(make_sta_attention(tileattn, video, tile, window, text_len), packed)
-    ref_out, ref_grad = run(make_masked_attention(mask), packed.float())
+    out, grad = run(make_sta_attention(tileattn, plan), packed)
+    ref_out, ref_grad = run(make_masked_attention(plan.dense_mask(device)), packed.float())
     errors = {"out": rel_l2(out, ref_out)}
     for i, name in enumerate(("grad_q", "grad_k", "grad_v")):
         errors[name] = rel_l2(grad[:, :, i], ref_grad[:, :, i])
@@ -649,22 +620,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.dry_run and args.hidden // args.heads not in (64, 128):
         p.error(f"head_dim = hidden/heads = {args.hidden // args.heads}; the STA kernels need 64 or 128")
     try:
-        args.window = resolve_window(args.window, grid_of(args.video, args.tile))
-    except ValueError as e:
-        p.error(str(e))
+        args.window = sta_plan(args.video, args.tile, args.window, args.text_len).windows[0]
+    except ImportError as e:
+        p.error(f"the tileattn package cannot be imported ({e})")
+    except ValueError as e:  # TileattnArgumentError: a window the library rejects
+        p.error(f"--window: {e}")
     return args
 
 
 def load_tileattn():
     """The tileattn package (installed, else this checkout's python/), or (None, reason)."""
     try:
-        tileattn = importlib.import_module("tileattn")
-    except ImportError:
-        sys.path.insert(0, str(REPO / "python"))
-        try:
-            tileattn = importlib.import_module("tileattn")
-        except ImportError as e:
-            return None, f"the tileattn package cannot be imported ({e})"
+        tileattn = import_tileattn()
+    except ImportError as e:
+        return None, f"the tileattn package cannot be imported ({e})"
     if not torch.cuda.is_available():
         return None, "no CUDA device is visible to PyTorch"
     try:
@@ -705,7 +674,8 @@ def main(argv=None) -> int:
     grid = grid_of(video, tile)
     head_dim = args.hidden // args.heads
     tokens = math.prod(video) + text_len
-    density = sta_density(video, tile, window, text_len)
+    plan = sta_plan(video, tile, window, text_len)
+    density = 1.0 - plan.sparsity()
     window_label = "x".join(map(str, window))
     print(f"video {video} + {text_len} text = {tokens} tokens; tile {tile}, grid {grid}; window {window} "
           f"({math.prod(window)}/{math.prod(grid)} tiles, {100 * (1 - density):.1f}% of query-key pairs skipped)")
@@ -725,9 +695,9 @@ def main(argv=None) -> int:
         errs = ", ".join(f"{k} {v:.2e}" for k, v in check["rel_l2"].items())
         print(f"check vs masked fp32 SDPA ({check['video_shape']}, window {check['window']}): {errs} -> "
               + ("ok" if check["passed"] else f"FAILED (tolerance {CHECK_TOLERANCE})"))
-        sta = make_sta_attention(tileattn, video, tile, window, text_len)
+        sta = make_sta_attention(tileattn, plan)
     else:
-        sta = make_masked_attention(sta_mask(video, tile, window, text_len, device))
+        sta = make_masked_attention(plan.dense_mask(device))
 
     data = SyntheticVideoData(video, tile, args.channels, text_len, device, args.seed)
     eval_sigmas = torch.exp(torch.linspace(*(math.log(s) for s in SIGMA_RANGE), args.eval_samples, device=device))

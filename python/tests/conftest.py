@@ -26,26 +26,6 @@ _ok, _why = gpu_ready()
 requires_gpu = pytest.mark.skipif(not _ok, reason=_why)
 
 
-def sta_mask(video, tile, windows, text_len, device, text_valid=None):
-    """[heads, S, S] bool: the STA definition, token by token (independent of the library's plan code)."""
-    T, H, W = video
-    n_video = T * H * W
-    S = n_video + text_len
-    idx = torch.arange(n_video, device=device)
-    coords = torch.stack([idx // (H * W), (idx // W) % H, idx % W], 1)
-    tiles = coords // torch.tensor(tile, device=device)
-    grid = torch.tensor([-(-v // t) for v, t in zip(video, tile)], device=device)
-    masks = []
-    for w in windows:
-        w = torch.tensor(w, device=device)
-        start = torch.minimum(torch.clamp(tiles - w // 2, min=0), grid - w)
-        ok = ((tiles[None, :, :] >= start[:, None, :]) & (tiles[None, :, :] < start[:, None, :] + w)).all(-1)
-        m = torch.ones(S, S, dtype=torch.bool, device=device)
-        m[:n_video, :n_video] = ok
-        masks.append(m)
-    return torch.stack(masks)
-
-
 def reference(q, k, v, mask, text_valid=None, n_video=None):
     """fp32 SDPA with an explicit boolean mask [heads, S, S] (and text validity per batch element)."""
     group = q.shape[1] // k.shape[1]

@@ -10,7 +10,6 @@ diffusers = pytest.importorskip("diffusers")
 import tileattn  # noqa: E402
 import tileattn.diffusers as ta  # noqa: E402
 from tileattn import _intercept  # noqa: E402
-from conftest import sta_mask  # noqa: E402
 
 TILE = (2, 2, 2)
 
@@ -87,7 +86,7 @@ def sta_forward(model, inputs, window):
 
 class MaskedReference:
     """An independent reference: every routed layer's attention as SDPA with the STA pattern as an explicit mask
-    (conftest.sta_mask, token by token), plus the call's own key-padding mask."""
+    (StaPlan.dense_mask, itself checked against the C++ plan), plus the call's own key-padding mask."""
 
     def __init__(self, model, window, tile):
         self.model, self.window, self.tile = model, window, tile
@@ -100,7 +99,7 @@ class MaskedReference:
         text = q.shape[2] - n_video
         grid = [-(-n // t) for n, t in zip(video, self.tile)]
         win = tuple(min(w, g) for w, g in zip(self.window, grid))
-        m = sta_mask(video, self.tile, [win] * q.shape[1], text, q.device)[None]  # [1, H, S, S]
+        m = tileattn.StaPlan(video, win, self.tile, text).dense_mask(q.device)[None]  # [1, 1, S, S]
         if call.attn_mask is not None:
             m = m & call.attn_mask
         with _intercept.suspended():

@@ -57,7 +57,7 @@ def test_matches_masked_sdpa(tokens, hq, hkv, d, dtype, batch, M, N, keep):
     plan = tileattn.FgPlan.from_rows(random_rows(tokens, hq, M, N, keep, seed=tokens, empty_rows={1, n_rows - 1}),
                                      tokens, hq, M, N, device="cuda")
     out, lse = tileattn.fg_attention(q, k, v, plan, return_lse=True)
-    mask = plan.to_dense_mask()
+    mask = plan.dense_mask()
     ref, ref_lse = masked_reference(q, k, v, mask)
     assert out.shape == q.shape and out.dtype == dtype and lse.shape == q.shape[:3] and lse.dtype == torch.float32
     assert torch.isfinite(out).all()
@@ -76,7 +76,7 @@ def test_scale_and_bshd_views():
                for _ in range(3))
     plan = tileattn.FgPlan.from_rows(random_rows(tokens, heads, 64, 16, 0.4, seed=1), tokens, heads, 64, 16)
     out = tileattn.fg_attention(q, k, v, plan, scale=0.05)
-    ref, _ = masked_reference(q, k, v, plan.to_dense_mask(), scale=0.05)
+    ref, _ = masked_reference(q, k, v, plan.dense_mask(), scale=0.05)
     assert rel_l2(out, ref) < 1e-2
     assert torch.equal(out, tileattn.fg_attention(q.contiguous(), k.contiguous(), v.contiguous(), plan, scale=0.05))
 
@@ -187,10 +187,10 @@ def test_synthetic_plans_are_valid_and_near_the_requested_sparsity(kind, tokens,
     assert plan.capacity == plan.num_key_groups
     got = plan.sparsity()
     if text:  # text rows and columns are dense: compare the video-video part only
-        video_part = plan.to_dense_mask()[:, :tokens - text, :tokens - text]
+        video_part = plan.dense_mask()[:, :tokens - text, :tokens - text]
         got = 1.0 - video_part.sum().item() / video_part.numel()
     assert abs(got - sparsity) < 0.04, (got, sparsity)
-    mask = plan.to_dense_mask()
+    mask = plan.dense_mask()
     assert mask.diagonal(dim1=1, dim2=2).all()  # keep_diagonal: every query sees its own position
     if text:  # text queries see everything, every query sees the text
         assert mask[:, tokens - text:, :].all() and mask[:, :, tokens - text:].all()
@@ -211,7 +211,7 @@ def test_plan_dense_mask_and_sparsity_cpu():
     tokens, heads, M, N = 300, 2, 64, 7
     rows = random_rows(tokens, heads, M, N, 0.4, seed=8, empty_rows={0})
     plan = tileattn.FgPlan.from_rows(rows, tokens, heads, M, N, device="cpu")
-    mask = plan.to_dense_mask()
+    mask = plan.dense_mask()
     assert mask.shape == (heads, tokens, tokens)
     nqb = -(-tokens // M)
     for r, groups in enumerate(rows):
@@ -228,11 +228,11 @@ def test_plan_ignores_slots_past_the_count_cpu():
     plan = tileattn.FgPlan.from_rows([[0, 1], [1]], 100, 1, 64, 50, device="cpu", capacity=3)
     plan.table[1, 1:] = torch.tensor([0, 1], dtype=torch.int32)  # garbage after the count
     assert plan.table[1].tolist() == [1, 0, 1]
-    mask = plan.to_dense_mask()
+    mask = plan.dense_mask()
     assert mask[0, 70, 50:].all() and not mask[0, 70, :50].any()
     assert plan.sparsity() == pytest.approx(1 - (64 * 100 + 36 * 50) / 100 ** 2)
     empty = tileattn.FgPlan.empty(100, 1, 64, 50, capacity=3, device="cpu")
-    assert empty.sparsity() == 1.0 and not empty.to_dense_mask().any()
+    assert empty.sparsity() == 1.0 and not empty.dense_mask().any()
 
 
 @pytest.mark.parametrize("rows,kwargs,needle", [

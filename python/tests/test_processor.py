@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import tileattn
-from conftest import rel_l2, requires_gpu, sta_mask
+from conftest import rel_l2, requires_gpu
 
 VIDEO, TEXT, HEADS, DIM = (12, 16, 24), 32, 2, 256  # head dim 128
 
@@ -68,7 +68,7 @@ def test_processor_runs_sta_with_strategy_windows(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(dense, base))
     step.advance()
     sparse = attn(x, t)
-    mask = sta_mask(VIDEO, (6, 8, 8), [(1, 1, 3), (1, 1, 1)], TEXT, x.device)[None]
+    mask = tileattn.StaPlan(VIDEO, [(1, 1, 3), (1, 1, 1)], (6, 8, 8), TEXT).dense_mask(x.device)[None]
     ref = MaskedReferenceProcessor(mask)(attn, x, t)
     for a, b in zip(sparse, ref):
         assert rel_l2(a, b) < 1e-2
@@ -87,7 +87,7 @@ def test_processor_maps_text_padding_mask_to_text_valid():
     keep = torch.ones(2, 1, 1, n + TEXT, dtype=torch.bool, device="cuda")
     keep[0, ..., n + 5:] = False  # sample 0 has 5 valid text tokens, sample 1 all 32
     out = attn(x, t, keep)
-    mask = sta_mask(VIDEO, (6, 8, 8), [(1, 1, 3)] * HEADS, TEXT, x.device)[None]
+    mask = tileattn.StaPlan(VIDEO, [(1, 1, 3)] * HEADS, (6, 8, 8), TEXT).dense_mask(x.device)[None]
     ref = MaskedReferenceProcessor(mask)(attn, x, t, keep)
     for a, b in zip(out, ref):
         assert rel_l2(a, b) < 1e-2

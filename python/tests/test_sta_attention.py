@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import tileattn
-from conftest import reference, rel_l2, requires_gpu, sta_mask
+from conftest import reference, rel_l2, requires_gpu
 
 CASES = [
     # video, tile, windows, text, q_heads, kv_heads, head_dim, dtype, batch
@@ -23,7 +23,7 @@ def test_matches_masked_sdpa(video, tile, windows, text, hq, hkv, d, dtype, batc
     window = windows[0] if len(windows) == 1 else windows
     out, lse = tileattn.sta_attention(q, k, v, video, window, tile, text, return_lse=True)
     per_head = windows * hq if len(windows) == 1 else windows
-    ref = reference(q, k, v, sta_mask(video, tile, per_head, text, q.device))
+    ref = reference(q, k, v, tileattn.StaPlan(video, per_head, tile, text).dense_mask(q.device))
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     assert rel_l2(out, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
@@ -36,7 +36,7 @@ def test_bshd_views_and_text_valid():
     q, k, v = (torch.randn(2, S, 3, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
     valid = torch.tensor([10, 100], dtype=torch.int32, device="cuda")
     out = tileattn.sta_attention(q, k, v, video, (1, 1, 1), tile, text, text_valid=valid)
-    mask = sta_mask(video, tile, [(1, 1, 1)] * 3, text, q.device)
+    mask = tileattn.StaPlan(video, [(1, 1, 1)] * 3, tile, text).dense_mask(q.device)
     ref = reference(q, k, v, mask, valid, video[0] * video[1] * video[2])
     assert rel_l2(out, ref) < 1e-2
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tileattn
-from conftest import reference, rel_l2, requires_gpu, sta_mask
+from conftest import reference, rel_l2, requires_gpu
 
 CASES = [
     # video, tile, windows, text, q_heads, kv_heads, head_dim, dtype, batch, text_valid
@@ -36,7 +36,7 @@ def test_gradients_match_masked_sdpa_autograd(video, tile, windows, text, hq, hk
     text_valid = torch.tensor(valid, dtype=torch.int32, device="cuda") if valid is not None else None
     window = windows[0] if len(windows) == 1 else windows
     per_head = windows * hq if len(windows) == 1 else windows
-    mask = sta_mask(video, tile, per_head, text, q.device)
+    mask = tileattn.StaPlan(video, per_head, tile, text).dense_mask(q.device)
     _, gq, gk, gv = _grads(lambda q, k, v: tileattn.sta_attention(q, k, v, video, window, tile, text,
                                                                   text_valid=text_valid), q, k, v, grad_out)
     # The reference: fp32 SDPA with the explicit mask, differentiated by PyTorch (repeat_interleave sums GQA groups).
@@ -61,7 +61,7 @@ def test_bshd_views_get_gradients_in_their_own_layout():
     out = tileattn.sta_attention(q, k, v, video, (1, 1, 3), text_len=text)
     grad_out = torch.randn_like(out)
     out.backward(grad_out)
-    mask = sta_mask(video, (6, 8, 8), [(1, 1, 3)] * 3, text, q.device)
+    mask = tileattn.StaPlan(video, [(1, 1, 3)] * 3, (6, 8, 8), text).dense_mask(q.device)
     ref_base = [x.detach().float().requires_grad_(True) for x in base]
     ref = reference(*(x.transpose(1, 2) for x in ref_base), mask)
     ref.backward(grad_out.float())
@@ -117,7 +117,7 @@ def test_reference_mask_gradcheck_float64():
     """The oracle itself: gradcheck of masked SDPA in float64 with an STA mask (partial tiles, text), on the CPU."""
     video, tile, text = (3, 4, 5), (2, 2, 4), 2
     S = 3 * 4 * 5 + text
-    mask = sta_mask(video, tile, [(1, 1, 1), (1, 2, 1)], text, "cpu")
+    mask = tileattn.StaPlan(video, [(1, 1, 1), (1, 2, 1)], tile, text).dense_mask("cpu")
     q, k, v = (torch.randn(1, 2, S, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     sdpa = torch.nn.functional.scaled_dot_product_attention
     assert torch.autograd.gradcheck(lambda q, k, v: sdpa(q, k, v, attn_mask=mask), (q, k, v))

@@ -1,12 +1,13 @@
 """The CPU path of tileattn.sta_attention (the C++ reference behind the same torch.library op) against masked SDPA
-built token by token from the STA definition (conftest.sta_mask), forward and backward, on fresh random inputs."""
+with StaPlan.dense_mask (test_plan.py checks it against the C++ plan), forward and backward, on fresh random
+inputs."""
 import zlib
 
 import pytest
 import torch
 
 import tileattn
-from conftest import reference, rel_l2, sta_mask
+from conftest import reference, rel_l2
 
 CASES = [  # video, tile, windows (one or per head), text_len, q_heads, kv_heads, head_dim, batch
     ((5, 7, 9), (2, 4, 4), [(1, 1, 3)], 0, 2, 2, 64, 1),            # partial tiles, no text
@@ -29,7 +30,7 @@ def _inputs(case, dtype, seed):
 def _expected(case, q, k, v, text_valid):
     video, tile, windows, text, hq, *_ = case
     per_head = windows if len(windows) == hq else windows * hq
-    m = sta_mask(video, tile, per_head, text, "cpu")
+    m = tileattn.StaPlan(video, per_head, tile, text).dense_mask("cpu")
     return reference(q.double(), k.double(), v.double(), m, text_valid, video[0] * video[1] * video[2])
 
 
@@ -63,7 +64,7 @@ def test_tile_major_layout_and_lse():
     assert torch.allclose(tileattn.untile(out_tm, video, tile, text), out, atol=1e-6)
     assert torch.allclose(tileattn.untile(lse_tm.unsqueeze(-1), video, tile, text).squeeze(-1), lse, atol=1e-5)
     # lse is the natural log of the softmax denominator of the scaled scores
-    m = sta_mask(video, tile, windows * 2, text, "cpu")
+    m = tileattn.StaPlan(video, windows * 2, tile, text).dense_mask("cpu")
     s = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
     want = torch.logsumexp(s.masked_fill(~m[None], float("-inf")), dim=-1)
     assert torch.allclose(lse, want, atol=1e-4)

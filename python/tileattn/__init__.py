@@ -7,12 +7,13 @@ PyTorch, a CUDA build of libtileattn and a Hopper GPU.
 from ._ffi import LibraryNotFound, TileattnArgumentError, TileattnError, TileattnFileError, library
 
 __version__ = "0.1.0"
-__all__ = ["STAConfig", "sta_attention", "tile", "untile", "FgPlan", "fg_attention", "synthetic_fg_plan",
-           "dynamic_fg_plan", "FgMaskCache", "MaskStrategy", "DenoisingStep", "SlidingTileAttnProcessor",
+__all__ = ["AttentionPlan", "StaPlan", "STAConfig", "sta_attention", "tile", "untile", "FgPlan", "fg_attention",
+           "synthetic_fg_plan", "dynamic_fg_plan", "FgMaskCache", "MaskStrategy", "DenoisingStep", "SlidingTileAttnProcessor",
            "ActivationCapture", "CaptureProcessor", "TileattnError", "TileattnArgumentError", "TileattnFileError",
            "LibraryNotFound", "library"]
 
-_LAZY = {"STAConfig": "sta", "sta_attention": "sta", "tile": "sta", "untile": "sta", "FgPlan": "fg",
+_LAZY = {"AttentionPlan": "plan", "StaPlan": "sta", "STAConfig": "sta", "sta_attention": "sta", "tile": "sta",
+         "untile": "sta", "FgPlan": "fg",
          "fg_attention": "fg", "synthetic_fg_plan": "fg", "dynamic_fg_plan": "fg", "FgMaskCache": "fg",
          "MaskStrategy": "strategy",
          "DenoisingStep": "processor", "SlidingTileAttnProcessor": "processor", "ActivationCapture": "capture",

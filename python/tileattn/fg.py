@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import _ffi, ops
+from .plan import flex_block_mask
 from .sta import _triple
 
 _QUERY_BLOCKS = (16, 32, 64, 128)
@@ -50,7 +51,7 @@ def _cdiv(a: int, b: int) -> int:
 
 @dataclass(eq=False)
 class FgPlan:
-    """A fixed-capacity column plan: `table` int32 [rows, capacity] (row r lists counts[r] ascending key groups in
+    """A fixed-capacity column plan (tileattn.plan's protocol: sparsity, dense_mask, block_mask, to, check_matches): `table` int32 [rows, capacity] (row r lists counts[r] ascending key groups in
     its first slots; the other slots are ignored) and `counts` int32 [rows], on one device."""
     table: torch.Tensor
     counts: torch.Tensor
@@ -156,10 +157,34 @@ class FgPlan:
             mask[r0:r1].scatter_(1, idx, True)
         return mask[:, :groups].view(self.heads, self.num_query_blocks, groups)
 
-    def to_dense_mask(self) -> torch.Tensor:
-        """bool [heads, tokens, tokens]: mask[h, i, j] says whether query i of head h sees key j (small plans)."""
+    def dense_mask(self, device=None) -> torch.Tensor:
+        """bool [heads, tokens, tokens] on `device` (default the plan's): mask[h, i, j] says whether query i of head
+        h sees key j (small plans)."""
         m = self.group_mask().repeat_interleave(self.query_block, 1)[:, :self.tokens]
-        return m.repeat_interleave(self.key_group, 2)[:, :, :self.tokens]
+        return m.repeat_interleave(self.key_group, 2)[:, :, :self.tokens].to(device or self.device)
+
+    def block_mask(self, device=None):
+        """The plan as a FlexAttention BlockMask over the plan's token order: BLOCK_SIZE (query_block, key_group),
+        the listed key groups as FULL blocks (compiled FlexAttention may need key_group to be a multiple of its
+        own key tile)."""
+        groups = self.group_mask().to(device or self.device)
+
+        def mask_mod(b, h, q, k):
+            return groups[h, q // self.query_block, k // self.key_group]
+        return flex_block_mask(groups, (self.query_block, self.key_group), self.tokens, mask_mod)
+
+    def to(self, device) -> "FgPlan":
+        """The plan with table and counts on `device` (the kernel reads them there)."""
+        device = torch.device(device)
+        return FgPlan(self.table.to(device), self.counts.to(device), self.tokens, self.heads, self.query_block,
+                      self.key_group)
+
+    def check_matches(self, q: torch.Tensor) -> None:
+        if self.tokens != q.shape[2] or self.heads != q.shape[1]:
+            raise ValueError(f"plan is for {self.tokens} tokens and {self.heads} heads, q has {q.shape[2]} tokens "
+                             f"and {q.shape[1]} heads")
+        if self.device != q.device:
+            raise ValueError(f"plan must be on q's device {q.device}, got {self.device}")
 
     def to_bsr(self, fold_heads: bool = True):
         """The plan as a block-sparse row (BSR) matrix of query_block x key_group blocks, the form of FlashInfer's
@@ -444,11 +469,7 @@ def fg_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: FgPlan
         raise ValueError(f"kv_heads ({k.shape[1]}) must divide q heads ({q.shape[1]})")
     if not isinstance(plan, FgPlan):
         raise TypeError(f"plan must be a tileattn.FgPlan, got {type(plan).__name__}")
-    if plan.tokens != q.shape[2] or plan.heads != q.shape[1]:
-        raise ValueError(f"plan is for {plan.tokens} tokens and {plan.heads} heads, q has {q.shape[2]} tokens and "
-                         f"{q.shape[1]} heads")
-    if plan.device != q.device:
-        raise ValueError(f"plan must be on q's device {q.device}, got {plan.device}")
+    plan.check_matches(q)
     out, lse = ops.fg_forward(q, k, v, plan.table, plan.counts, plan.query_block, plan.key_group,
                               float(scale or 0.0))
     return (out, lse) if return_lse else out
