@@ -31,7 +31,7 @@ def random_plan(tokens, heads, M, N, density, seed, malformed=False):
 def test_bsr_expands_to_the_plan_partial_last_group_and_block():
     tokens, heads, M, N = 100, 3, 16, 6  # 7 query blocks (last of 4 rows), 17 key groups (last of 4 keys)
     plan = random_plan(tokens, heads, M, N, 0.4, seed=3)
-    dense = plan.to_dense_mask()
+    dense = plan.dense_mask()
     nqb, groups = plan.num_query_blocks, plan.num_key_groups
     assert tokens % M and tokens % N  # the partial edges are exercised
     indptr, indices = plan.to_bsr(fold_heads=False)
@@ -54,7 +54,7 @@ def test_bsr_folded_heads_is_block_diagonal():
     indptr, indices = plan.to_bsr(fold_heads=True)
     S = heads * tokens
     got = bsr_dense(indptr, indices, plan.num_rows, heads * plan.num_key_groups, M, N, S, S)
-    want = torch.block_diag(*plan.to_dense_mask())
+    want = torch.block_diag(*plan.dense_mask())
     assert torch.equal(got, want)
     assert int(indices.max()) < heads * plan.num_key_groups
 
@@ -64,7 +64,7 @@ def test_bsr_keeps_only_the_slots_the_kernel_reads():
     plan = random_plan(tokens, heads, M, N, 0.5, seed=7, malformed=True)
     indptr, indices = plan.to_bsr(fold_heads=False)
     nqb, groups = plan.num_query_blocks, plan.num_key_groups
-    dense = plan.to_dense_mask()
+    dense = plan.dense_mask()
     for h in range(heads):
         ip = indptr[h * nqb:(h + 1) * nqb + 1]
         got = bsr_dense(ip - ip[0], indices[int(ip[0]):int(ip[-1])], nqb, groups, M, N, tokens, tokens)
@@ -146,7 +146,7 @@ def bench_fg(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200 (emulated)")
     monkeypatch.setattr(tileattn, "synthetic_fg_plan", fake_synthetic_plan)
     monkeypatch.setattr(tileattn, "fg_attention", lambda q, k, v, plan: masked_attention(q, k, v,
-                                                                                        plan.to_dense_mask()))
+                                                                                        plan.dense_mask()))
     fake = types.ModuleType("flashinfer")
     fake.__version__ = "0-fake"
     fake.BlockSparseAttentionWrapper = FakeBsrWrapper
