@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/sm90/sta_fwd_kernel.cuh"
+#include "kernels/sm90/sta/sta_fwd_kernel.cuh"
 #include "ops/sta_problem.hpp"
 #include "tileattn/detail/testing.hpp"
 
@@ -144,8 +144,8 @@ int main(int argc, char** argv) {
       args.out = {to, te, nt * d, d};
       args.windows = std::span<const Window>(&w, 1);
       auto l = kernels::initialize_sta_forward(ops::resolve_sta_forward(args, var.block_n)).front();
-      const int64_t text_ctas = int64_t(heads) * l.params.num_text_query_blocks;
-      l.params.num_text_query_blocks = 0;
+      const int64_t text_ctas = int64_t(heads) * l.params.sta.num_text_query_blocks;
+      l.params.sta.num_text_query_blocks = 0;
       char name[96];
       std::snprintf(name, sizeof name, "text %4lld valid %4d (%d text key blocks, last %s)", static_cast<long long>(text),
                     valid, (valid + var.block_n - 1) / var.block_n,

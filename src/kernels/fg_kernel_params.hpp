@@ -1,10 +1,15 @@
 #pragma once
-// What the host launcher hands the FG-Attn forward kernel. The query side reuses the STA forward's parameter block
-// (every query block is addressed like a text block: 128 consecutive rows of the 3D map (d, token, batch*heads)), so
-// the consumers and the epilogue are the STA forward's; the key side is a gather list per CTA.
+// What the host launcher hands the FG-Attn forward kernel: the forward's shared attention part (every query block is
+// 128 consecutive rows of its token maps, so the consumers and the epilogue are the STA forward's) plus a gather list
+// per CTA for the key side.
+#include <cuda.h>
+
 #include <cstdint>
 
-#include "kernels/sta_kernel_params.hpp"
+#include "kernels/attention_params.hpp"
+#include "tileattn/types.hpp"
+
+struct CUstream_st;
 
 namespace tileattn::kernels {
 
@@ -35,7 +40,7 @@ struct FgGatherParams {
 };
 
 struct FgKernelParams {
-  StaKernelParams attention;  // q_text / o_text maps, heads, tokens, LSE, scale; the video fields are unused
+  AttentionParams attention;
   FgGatherParams gather;
 };
 

@@ -22,26 +22,17 @@
 
 namespace tileattn::kernels {
 
-
 struct StaBackwardParams {
   CUtensorMap q_video, do_video, k_video, v_video, dk_video, dv_video;  // boxes: 64-row Q/dO, 128-row K/V, 64-row dK/dV
-  CUtensorMap q_text, do_text, k_text, v_text, dk_text, dv_text;
+  CUtensorMap q_tokens, do_tokens, k_tokens, v_tokens, dk_tokens, dv_tokens;  // (d, token, bh): the text blocks
 
-  int extent1, extent2, extent3;
-  int tile_t, tile_h, tile_w;
-  int log2_tile_w, log2_tile_plane;
-  int grid_t, grid_h, grid_w;
-  int query_frames, query_blocks_per_tile, last_tile_query_blocks;  // 64-row query blocks
-  int key_frames, key_blocks_per_tile, last_tile_key_blocks;        // 128-row key blocks
-  int tile_major;              // 1: tile-major token order
-  int num_video_tokens, num_tokens, text_len;
-  int num_text_query_blocks;  // 64-row
+  StaGeometryParams sta;       // query blocks of 64 rows, key blocks of 128
+  int num_tokens;
   int num_text_key_blocks;    // 128-row
   int num_query_blocks;       // per (batch, query head): video + text
   int q_heads, kv_heads, kv_group;
   int batch_in_launch, batch_offset;
   int head_dim;
-  const int32_t* text_valid;
   const float* lse;           // forward LSE [batch, q_heads, tokens], natural log, the layout's token order
   // Plain pointers (not offset per launch; indexed with the global batch) for the row-wise passes.
   const void* out;            // forward output O
@@ -54,7 +45,6 @@ struct StaBackwardParams {
   int32_t* dq_turn;
   float scale;                // softmax scale
   float scale_log2;           // scale * log2(e)
-  int16_t windows[kMaxHeads][3];
 };
 
 struct StaBackwardLaunch {

@@ -39,12 +39,8 @@ FgKernelParams initialize_fg_forward(const ops::FgForwardProblem& problem, cudaS
   g.v_head_stride = a.v.head_stride * 2, g.v_token_stride = a.v.token_stride * 2, g.v_batch_stride = a.v.batch_stride * 2;
   g.tma_rows = problem.tma_rows;
 
-  StaKernelParams& attn = p.attention;
-  attn.num_tokens = int(a.plan.shape.tokens);
-  attn.q_heads = int(a.q_heads);
-  attn.kv_group = int(a.q_heads / a.kv_heads);
-  attn.lse = a.lse;
-  attn.scale_log2 = ops::softmax_scale_log2(a.scale, a.head_dim);
+  AttentionParams& attn = p.attention;
+  fill_attention_heads(attn, a, a.plan.shape.tokens);
   attn.batch_in_launch = int(problem.batch.batch_per_launch);
   return p;
 }
@@ -53,11 +49,11 @@ FgKernelParams initialize_fg_forward(const ops::FgForwardProblem& problem, cudaS
 void fill_launch(FgKernelParams& p, const ops::FgForwardProblem& problem, const TensorMapFactory& maps, int64_t l) {
   const FgForwardArgs& a = *problem.args;
   FgGatherParams& g = p.gather;
-  StaKernelParams& attn = p.attention;
+  AttentionParams& attn = p.attention;
   const int64_t batch_per_launch = problem.batch.batch_per_launch;
   attn.batch_offset = int(l * batch_per_launch);
-  attn.q_text = maps.text("q", a.q, a.q_heads, l, kQueryBlockRows);
-  attn.o_text = maps.text("out", a.out, a.q_heads, l, kQueryBlockRows / 2);
+  attn.q_tokens = maps.text("q", a.q, a.q_heads, l, kQueryBlockRows);
+  attn.o_tokens = maps.text("out", a.out, a.q_heads, l, kQueryBlockRows / 2);
   if (g.tma_rows != 0) {
     g.k_rows = maps.text("k", a.k, a.kv_heads, l, g.tma_rows);
     g.v_rows = maps.text("v", a.v, a.kv_heads, l, g.tma_rows);

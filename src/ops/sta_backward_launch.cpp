@@ -19,7 +19,8 @@ std::vector<StaBackwardLaunch> initialize_sta_backward(const ops::StaBackwardPro
   const ops::TiledBlocks& query = problem.query;
   const ops::TiledBlocks& key = problem.key;
   StaBackwardParams p{};
-  fill_shared_params(p, problem.sta, query, key);
+  fill_sta_geometry(p.sta, problem.sta, query, key);
+  fill_attention_heads(p, a, problem.sta.geometry.num_tokens());
   p.num_text_key_blocks = int(problem.num_text_key_blocks);
   p.num_query_blocks = int(problem.num_query_blocks);
   p.kv_heads = int(a.kv_heads);
@@ -44,13 +45,13 @@ std::vector<StaBackwardLaunch> initialize_sta_backward(const ops::StaBackwardPro
   std::vector<StaBackwardLaunch> out;
   for (int64_t l = 0; l < problem.batch.launches; ++l) {
     p.batch_offset = int(l * problem.batch.batch_per_launch);
-    fill_qkv_maps(p, maps, a, l, query, key);
+    fill_qkv_maps(p, p.q_tokens, maps, a, l, query, key);
     p.do_video = maps.video("grad_out", args.grad_out, a.q_heads, l, query.frames);
     p.dk_video = maps.video("grad_k", args.grad_k, a.kv_heads, l, key.frames / 2);
     p.dv_video = maps.video("grad_v", args.grad_v, a.kv_heads, l, key.frames / 2);
-    p.do_text = maps.text("grad_out", args.grad_out, a.q_heads, l, query.rows);
-    p.dk_text = maps.text("grad_k", args.grad_k, a.kv_heads, l, key.rows / 2);
-    p.dv_text = maps.text("grad_v", args.grad_v, a.kv_heads, l, key.rows / 2);
+    p.do_tokens = maps.text("grad_out", args.grad_out, a.q_heads, l, query.rows);
+    p.dk_tokens = maps.text("grad_k", args.grad_k, a.kv_heads, l, key.rows / 2);
+    p.dv_tokens = maps.text("grad_v", args.grad_v, a.kv_heads, l, key.rows / 2);
     out.push_back({p, problem.key_ctas_per_launch, problem.query_chunks_per_launch});
   }
   return out;

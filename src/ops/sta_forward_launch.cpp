@@ -36,15 +36,16 @@ std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& prob
   const ops::TiledBlocks& query = problem.query;
   const ops::TiledBlocks& key = problem.key;
   StaKernelParams p{};
-  fill_shared_params(p, problem.sta, query, key);
-  p.batch_in_launch = int(problem.batch.batch_per_launch);
+  fill_sta_geometry(p.sta, problem.sta, query, key);
+  fill_attention_heads(p.attention, a, problem.sta.geometry.num_tokens());
+  p.attention.batch_in_launch = int(problem.batch.batch_per_launch);
   const TensorMapFactory maps(problem.sta, problem.batch.batch_per_launch);
   std::vector<StaLaunch> out;
   for (int64_t l = 0; l < problem.batch.launches; ++l) {
-    p.batch_offset = int(l * problem.batch.batch_per_launch);
-    fill_qkv_maps(p, maps, a, l, query, key);
+    p.attention.batch_offset = int(l * problem.batch.batch_per_launch);
+    fill_qkv_maps(p, p.attention.q_tokens, maps, a, l, query, key);
     p.o_video = maps.video("out", a.out, a.q_heads, l, query.frames / 2);
-    p.o_text = maps.text("out", a.out, a.q_heads, l, query.rows / 2);
+    p.attention.o_tokens = maps.text("out", a.out, a.q_heads, l, query.rows / 2);
     out.push_back({p, problem.ctas_per_launch});
   }
   return out;

@@ -36,46 +36,50 @@ class TensorMapFactory {
 // The kernels' per-query-head window table (in tiles), from the resolved per-head windows.
 void fill_window_table(const ops::StaShape& sta, int16_t (&table)[kMaxHeads][3]);
 
-// Fills what the forward and backward parameter blocks share (same field names): windows, map extents, tile and
-// grid shape, the two block kinds' geometry, token counts, heads, text validity, LSE and the softmax scale in log2
-// units.
-template <class Params>
-void fill_shared_params(Params& p, const ops::StaShape& sta, const ops::TiledBlocks& query,
-                        const ops::TiledBlocks& key) {
+// Fills the STA geometry the forward and backward parameter blocks share: windows, map extents, tile and grid
+// shape, the two block kinds' geometry, the video token count and text validity.
+inline void fill_sta_geometry(StaGeometryParams& p, const ops::StaShape& sta, const ops::TiledBlocks& query,
+                              const ops::TiledBlocks& key) {
   const StaForwardArgs& a = *sta.args;
   const VideoGeometry& geo = sta.geometry;
   fill_window_table(sta, p.windows);
-  p.extent1 = sta.extent1(), p.extent2 = sta.extent2(), p.extent3 = sta.extent3();
-  p.tile_t = int(a.tile.t), p.tile_h = int(a.tile.h), p.tile_w = int(a.tile.w);
-  p.log2_tile_w = std::countr_zero(uint64_t(a.tile.w));
-  p.log2_tile_plane = std::countr_zero(uint64_t(a.tile.h * a.tile.w));
-  p.grid_t = int(geo.grid().t), p.grid_h = int(geo.grid().h), p.grid_w = int(geo.grid().w);
-  p.query_frames = query.frames, p.query_blocks_per_tile = query.blocks_per_tile;
-  p.last_tile_query_blocks = query.last_tile_blocks;
-  p.key_frames = key.frames, p.key_blocks_per_tile = key.blocks_per_tile, p.last_tile_key_blocks = key.last_tile_blocks;
+  p.extents = {int(sta.extent1()), int(sta.extent2()), int(sta.extent3())};
+  p.grid.tile_t = int(a.tile.t), p.grid.tile_h = int(a.tile.h), p.grid.tile_w = int(a.tile.w);
+  p.grid.log2_tile_w = std::countr_zero(uint64_t(a.tile.w));
+  p.grid.log2_tile_plane = std::countr_zero(uint64_t(a.tile.h * a.tile.w));
+  p.grid.grid_t = int(geo.grid().t), p.grid.grid_h = int(geo.grid().h), p.grid.grid_w = int(geo.grid().w);
+  p.query = {query.frames, query.blocks_per_tile, query.last_tile_blocks};
+  p.key = {key.frames, key.blocks_per_tile, key.last_tile_blocks};
   p.tile_major = a.layout == TokenLayout::tile_major;
   p.num_video_tokens = int(geo.num_video_tokens());
-  p.num_tokens = int(geo.num_tokens());
   p.text_len = int(a.text_len);
   p.num_text_query_blocks = int((a.text_len + query.rows - 1) / query.rows);
+  p.text_valid = a.text_valid;
+}
+
+// Fills the head, token, LSE and scale fields (same names in AttentionParams and StaBackwardParams) from a call's
+// arguments (StaForwardArgs or FgForwardArgs).
+template <class Params, class Args>
+void fill_attention_heads(Params& p, const Args& a, int64_t num_tokens) {
+  p.num_tokens = int(num_tokens);
   p.q_heads = int(a.q_heads);
   p.kv_group = int(a.q_heads / a.kv_heads);
-  p.text_valid = a.text_valid;
   p.lse = a.lse;
   p.scale_log2 = ops::softmax_scale_log2(a.scale, a.head_dim);
 }
 
-// Launch `launch`'s Q, K, V maps, which the forward and backward parameter blocks share (same field names): video
-// boxes of the block kinds' frames, text boxes of their rows.
+// Launch `launch`'s Q, K, V maps, which the forward and backward parameter blocks share (same field names; Q's
+// token map is passed, since the forward keeps it in its attention part): video boxes of the block kinds' frames,
+// text boxes of their rows.
 template <class Params>
-void fill_qkv_maps(Params& p, const TensorMapFactory& maps, const StaForwardArgs& a, int64_t launch,
-                   const ops::TiledBlocks& query, const ops::TiledBlocks& key) {
+void fill_qkv_maps(Params& p, CUtensorMap& q_tokens, const TensorMapFactory& maps, const StaForwardArgs& a,
+                   int64_t launch, const ops::TiledBlocks& query, const ops::TiledBlocks& key) {
   p.q_video = maps.video("q", a.q, a.q_heads, launch, query.frames);
   p.k_video = maps.video("k", a.k, a.kv_heads, launch, key.frames);
   p.v_video = maps.video("v", a.v, a.kv_heads, launch, key.frames);
-  p.q_text = maps.text("q", a.q, a.q_heads, launch, query.rows);
-  p.k_text = maps.text("k", a.k, a.kv_heads, launch, key.rows);
-  p.v_text = maps.text("v", a.v, a.kv_heads, launch, key.rows);
+  q_tokens = maps.text("q", a.q, a.q_heads, launch, query.rows);
+  p.k_tokens = maps.text("k", a.k, a.kv_heads, launch, key.rows);
+  p.v_tokens = maps.text("v", a.v, a.kv_heads, launch, key.rows);
 }
 
 // True if the current device has compute capability 9.0 (cached per device).

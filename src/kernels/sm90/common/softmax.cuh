@@ -1,9 +1,10 @@
 #pragma once
-// Online softmax over the wgmma accumulator layout. A consumer thread holds two rows of the warpgroup's 64-row S
-// tile (row0 = 16 * warp + lane / 4, row1 = row0 + 8); element e of its 64 scores sits in row (e / 2) % 2 and column
-// 8 * (e / 4) + 2 * (lane % 4) + e % 2. A row is spread over the 4 threads of a quad. Scores are kept unscaled; the
-// softmax scale is folded into one exp2 FMA. Row sums stay per thread until the end (one quad reduction).
+// Online softmax over an S tile in the wgmma accumulator layout (AccFragment): each thread holds two rows, spread
+// over the 4 threads of a quad. Scores are kept unscaled; the softmax scale is folded into one exp2 FMA. Row sums
+// stay per thread until the end (one quad reduction).
 #include <cstdint>
+
+#include "kernels/sm90/common/fragment.cuh"
 
 namespace tileattn::sm90 {
 
@@ -13,17 +14,9 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffff, x, 1);
-  return x + __shfl_xor_sync(0xffffffff, x, 2);
-}
-
 template <int kScores>
 struct OnlineSoftmax {
+  using Fragment = AccFragment<2 * kScores>;
   float row_max[2];  // unscaled running max of each row
   float row_sum[2];  // this thread's part of each row's running sum of exp2
   float scale_log2;
@@ -35,8 +28,7 @@ struct OnlineSoftmax {
   template <bool kFirst>
   __device__ __forceinline__ void update(float (&s)[kScores], float (&correction)[2]) {
     float block_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int e = 0; e < kScores; ++e) block_max[(e >> 1) & 1] = fmaxf(block_max[(e >> 1) & 1], s[e]);
+    Fragment::thread_row_max(s, block_max);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float new_max = kFirst ? quad_max(block_max[r]) : fmaxf(row_max[r], quad_max(block_max[r]));
@@ -49,7 +41,7 @@ struct OnlineSoftmax {
     float block_sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int e = 0; e < kScores; ++e) {
-      const int r = (e >> 1) & 1;
+      const int r = Fragment::row_half(e);
       s[e] = fast_exp2(fmaf(s[e], scale_log2, -block_max[r]));
       block_sum[r] += s[e];
     }
@@ -58,21 +50,15 @@ struct OnlineSoftmax {
   }
 
   // After the last block: full row sums and natural-log LSE of the scaled scores.
+  static constexpr float kLn2 = 0.69314718055994530942f;
   __device__ __forceinline__ void finish(float (&inverse_sum)[2], float (&lse)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float sum = quad_sum(row_sum[r]);
       inverse_sum[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
-      lse[r] = sum > 0.0f ? (row_max[r] * scale_log2 + __log2f(sum)) * 0.69314718055994530942f : -INFINITY;
+      lse[r] = sum > 0.0f ? (row_max[r] * scale_log2 + __log2f(sum)) * kLn2 : -INFINITY;
     }
   }
 };
-
-// Multiplies each row of a 64 x N accumulator (N / 2 floats per thread) by its factor.
-template <int kRegs>
-__device__ __forceinline__ void scale_rows(float (&acc)[kRegs], const float (&factor)[2]) {
-#pragma unroll
-  for (int e = 0; e < kRegs; ++e) acc[e] *= factor[(e >> 1) & 1];
-}
 
 }  // namespace tileattn::sm90

@@ -1,4 +1,4 @@
-#include "kernels/sm90/sta_bwd_kernel.cuh"
+#include "kernels/sm90/bwd/sta_bwd_kernel.cuh"
 
 // STA backward kernels for fp16, head dim 128 (one translation unit per instantiation: they compile in parallel).
 TILEATTN_STA_BACKWARD_INSTANCE(fp16, __half, 128)

@@ -1,7 +1,7 @@
 #pragma once
 // Mainloop of the STA backward kernel (FA3 structure, transposed so that a CTA's key rows are the wgmma M side).
 //  Producer (one thread of warpgroup 0): loads the CTA's K and V block once, then for every query block that visits
-//  it (QueryBlockWalker) issues TMA loads of Q and dO (64 rows) into a ring of `kStages` stages guarded by full/empty
+//  it (QueryBlockWalker, bwd/query_walk.cuh) issues TMA loads of Q and dO (64 rows) into a ring of `kStages` stages guarded by full/empty
 //  mbarriers. Each consumer thread reads the LSE and dot(dO, O) of its 16 query columns from the workspace itself.
 //  Consumers (warpgroups 1..2, 64 key rows each), per query block:
 //    S^T  = K Q^T            (SS)     P^T = exp2(S^T * scale_log2 - lse_log2)   (rows of invalid keys: 0)
@@ -11,12 +11,25 @@
 //  and add dQ_half (64 x D/2 fp32) into the workspace: one bulk reduction (fast mode) or a turn-ordered
 //  read-modify-write (deterministic mode). Masks are per CTA: a key row is valid or not for the whole walk, and
 //  rows of query blocks past the video edge carry lse = +inf (so P = 0), so no per-block masking is needed.
-#include "kernels/sm90/bwd_scheduler.cuh"
-#include "kernels/sm90/gemm.cuh"
-#include "kernels/sm90/hopper_primitives.cuh"
-#include "kernels/sm90/softmax.cuh"
+#include "kernels/sm90/bwd/query_walk.cuh"
+#include "kernels/sm90/bwd/tile_scheduler.cuh"
+#include "kernels/sm90/common/barriers.cuh"
+#include "kernels/sm90/common/fragment.cuh"
+#include "kernels/sm90/common/gemm.cuh"
+#include "kernels/sm90/common/hopper_primitives.cuh"
+#include "kernels/sm90/common/softmax.cuh"
 
 namespace tileattn::sm90 {
+
+// Where element pair `pair` (of 64 * D / 4 pairs) of a dQ half-chunk sits: the wgmma accumulator order of a 64 x D/2
+// tile, pair = e2 * 128 + thread, so a warpgroup writes and reduces it contiguously.
+template <int kHeadDim>
+__device__ __forceinline__ void dq_fragment_position(int pair, int& row, int& col) {
+  using Fragment = AccFragment<kHeadDim / 2>;
+  const int e = 2 * (pair / 128), thread = pair % 128;
+  row = Fragment::row(e, thread);
+  col = Fragment::col(e, thread);
+}
 
 template <class Cfg>
 struct BackwardMainloop {
@@ -35,6 +48,7 @@ struct BackwardMainloop {
   using ScoreMma = typename MmaSS<Element, kBwdQueryRows>::Op;           // S^T, dP^T
   using AccumulateMma = typename MmaRS<Element, kHeadDim>::Op;           // dV, dK
   using DqMma = typename MmaSSTransposed<Element, kHeadDim / 2>::Op;     // dQ half
+  using ScoreFragment = AccFragment<kBwdQueryRows>;  // S^T, dP^T: key rows x query columns
 
   // ---- producer: one thread ----
   template <class Storage>
@@ -46,8 +60,8 @@ struct BackwardMainloop {
       Element* k_dst = sm.k + a * kKeyAtomBytes / sizeof(Element);
       Element* v_dst = sm.v + a * kKeyAtomBytes / sizeof(Element);
       if (kb.text) {
-        tma_load_3d(k_dst, &p.k_text, &sm.kv_full, a * 64, kb.text_row, kv_bh);
-        tma_load_3d(v_dst, &p.v_text, &sm.kv_full, a * 64, kb.text_row, kv_bh);
+        tma_load_3d(k_dst, &p.k_tokens, &sm.kv_full, a * 64, kb.text_row, kv_bh);
+        tma_load_3d(v_dst, &p.v_tokens, &sm.kv_full, a * 64, kb.text_row, kv_bh);
       } else {
         tma_load_5d(k_dst, &p.k_video, &sm.kv_full, a * 64, kb.x1, kb.x2, kb.x3, kv_bh);
         tma_load_5d(v_dst, &p.v_video, &sm.kv_full, a * 64, kb.x1, kb.x2, kb.x3, kv_bh);
@@ -66,8 +80,8 @@ struct BackwardMainloop {
         Element* q_dst = sm.q[stage] + a * kQueryAtomBytes / sizeof(Element);
         Element* do_dst = sm.dout[stage] + a * kQueryAtomBytes / sizeof(Element);
         if (s.text) {
-          tma_load_3d(q_dst, &p.q_text, full, a * 64, s.text_row, q_bh);
-          tma_load_3d(do_dst, &p.do_text, full, a * 64, s.text_row, q_bh);
+          tma_load_3d(q_dst, &p.q_tokens, full, a * 64, s.text_row, q_bh);
+          tma_load_3d(do_dst, &p.do_tokens, full, a * 64, s.text_row, q_bh);
         } else {
           tma_load_5d(q_dst, &p.q_video, full, a * 64, s.x1, s.x2, s.x3, q_bh);
           tma_load_5d(do_dst, &p.do_video, full, a * 64, s.x1, s.x2, s.x3, q_bh);
@@ -113,9 +127,9 @@ struct BackwardMainloop {
   template <class Storage>
   static __device__ void consume(const StaBackwardParams& p, Storage& sm, const KeyBlockTask& kb, int warpgroup,
                                  Result& r) {
-    const int thread = threadIdx.x % 128, lane = thread % 32, warp = thread / 32;
-    const int row0 = 16 * warp + lane / 4;  // this thread's key rows within the warpgroup: row0, row0 + 8
-    const int lane_col = 2 * (lane % 4);
+    const int thread = threadIdx.x % 128, lane = thread % 32;
+    const int row0 = ScoreFragment::row0();  // this thread's key rows within the warpgroup: row0, row0 + 8
+    const int lane_col = ScoreFragment::lane_col();
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) r.dk[i] = r.dv[i] = 0.0f;
 
@@ -136,9 +150,9 @@ struct BackwardMainloop {
           (int64_t(p.batch_offset + kb.batch) * p.q_heads + step.head) * p.num_query_blocks + step.qblock;
       // This thread's 16 query columns of LSE and dsum, straight from the workspace (written by the preprocess
       // launch, read-only here); the loads complete while the first GEMMs run.
-      float2 lse[kScores / 4], dsum[kScores / 4];
+      float2 lse[ScoreFragment::kColGroups], dsum[ScoreFragment::kColGroups];
 #pragma unroll
-      for (int j = 0; j < kScores / 4; ++j) {
+      for (int j = 0; j < ScoreFragment::kColGroups; ++j) {
         lse[j] = __ldg(reinterpret_cast<const float2*>(p.lse_log2 + chunk * kBwdQueryRows + 8 * j + lane_col));
         dsum[j] = __ldg(reinterpret_cast<const float2*>(p.dsum + chunk * kBwdQueryRows + 8 * j + lane_col));
       }
@@ -151,12 +165,14 @@ struct BackwardMainloop {
       wgmma_commit();
       wgmma_wait<1>();
       fence_registers(s);
-      // P^T: column c of this thread's scores is query row c of the block.
+      // P^T: column c of this thread's scores is query row c of the block; lse[j] holds this thread's two columns
+      // of column group j.
 #pragma unroll
       for (int e = 0; e < kScores; ++e) {
-        const float row_lse = e % 2 ? lse[e / 4].y : lse[e / 4].x;
+        const float2 group_lse = lse[ScoreFragment::col_group(e)];
+        const float row_lse = ScoreFragment::col_parity(e) ? group_lse.y : group_lse.x;
         const float p_val = fast_exp2(fmaf(s[e], p.scale_log2, -row_lse));
-        s[e] = valid[(e >> 1) & 1] ? p_val : 0.0f;
+        s[e] = valid[ScoreFragment::row_half(e)] ? p_val : 0.0f;
       }
       pack_fragment<Element>(s, pb);
       fence_registers(r.dv);
@@ -168,16 +184,17 @@ struct BackwardMainloop {
       fence_registers(dp);
 #pragma unroll
       for (int e = 0; e < kScores; ++e) {
-        const float row_dsum = e % 2 ? dsum[e / 4].y : dsum[e / 4].x;
+        const float2 group_dsum = dsum[ScoreFragment::col_group(e)];
+        const float row_dsum = ScoreFragment::col_parity(e) ? group_dsum.y : group_dsum.x;
         dp[e] = s[e] * (dp[e] - row_dsum);
       }
       pack_fragment<Element>(dp, dsb);
       // dS^T rows of this warpgroup into the shared dS tile (query rows contiguous: the MN-major A of the dQ GEMM).
       uint8_t* ds_tile = reinterpret_cast<uint8_t*>(sm.ds[iteration % 2]);
 #pragma unroll
-      for (int i = 0; i < kScores / 2; ++i) {
+      for (int i = 0; i < ScoreFragment::kPairs; ++i) {
         const int e = 2 * i;
-        const int row = warpgroup * 64 + row0 + 8 * ((e >> 1) & 1), col = 8 * (e / 4) + lane_col;
+        const int row = warpgroup * 64 + ScoreFragment::row(e), col = ScoreFragment::col(e);
         *reinterpret_cast<uint32_t*>(ds_tile + swizzled_offset(row, col, 0)) = dsb[i];
       }
       fence_registers(r.dk);
@@ -186,7 +203,7 @@ struct BackwardMainloop {
       gemm_accumulate(dsb, q_tile, r.dk);
       wgmma_commit();
       fence_proxy_async_smem();
-      named_barrier_sync(Cfg::kBarrierDs, 256);  // both warpgroups' dS^T rows are in place
+      named_barrier_sync(NamedBarrier::kDsReady, 256);  // both warpgroups' dS^T rows are in place
       wgmma_fence();
       gemm_dq(smem_addr(ds_tile), smem_addr(sm.k), warpgroup, dq);
       wgmma_commit();
@@ -203,12 +220,12 @@ struct BackwardMainloop {
       } else {
         // Stage the fragment in its own order (conflict-free 8-byte stores) and add it with one bulk reduction.
         if (thread == 0) tma_store_wait_read();  // the previous reduction has finished reading the stage
-        named_barrier_sync(Cfg::kBarrierDqBase + warpgroup, 128);
+        named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
 #pragma unroll
         for (int e2 = 0; e2 < kDq / 2; ++e2)
           *reinterpret_cast<float2*>(dq_stage + (e2 * 128 + thread) * 8) = make_float2(dq[2 * e2], dq[2 * e2 + 1]);
         fence_proxy_async_smem();
-        named_barrier_sync(Cfg::kBarrierDqBase + warpgroup, 128);
+        named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
         if (thread == 0) {
           bulk_reduce_add_f32(dq_global, dq_stage, kDqHalfBytes);
           tma_store_commit();
@@ -231,7 +248,7 @@ struct BackwardMainloop {
         asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(seen) : "l"(turn) : "memory");
       } while (seen != rank);
     }
-    named_barrier_sync(Cfg::kBarrierDqBase + warpgroup, 128);
+    named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
     float2* dst = reinterpret_cast<float2*>(dq_global);
 #pragma unroll
     for (int e2 = 0; e2 < kDq / 2; ++e2) {
@@ -241,7 +258,7 @@ struct BackwardMainloop {
       __stcg(dst + e2 * 128 + thread, old);
     }
     __threadfence();
-    named_barrier_sync(Cfg::kBarrierDqBase + warpgroup, 128);
+    named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
     if (thread == 0) asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(turn), "r"(rank + 1) : "memory");
   }
 };

@@ -2,7 +2,7 @@
 // The STA backward kernels for Hopper:
 //  1. preprocess (one CTA per query block of 64 rows): dsum = rowsum(dO * O) in fp32 and the LSE in log2 units,
 //     into the workspace in query-block order (+inf / 0 for rows that hold no token);
-//  2. the main kernel: warp-specialised like the forward (1 producer + 2 consumer warpgroups); see bwd_mainloop.cuh;
+//  2. the main kernel: warp-specialised like the forward (1 producer + 2 consumer warpgroups); see bwd/mainloop.cuh;
 //  3. postprocess: dQ = scale * dq_accum, converted to the input dtype and written in the layout's token order.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,8 +10,11 @@
 
 #include <string>
 
-#include "kernels/sm90/bwd_mainloop.cuh"
-#include "kernels/sm90/launch.cuh"
+#include "kernels/sm90/bwd/mainloop.cuh"
+#include "kernels/sm90/bwd/tile_scheduler.cuh"
+#include "kernels/sm90/common/barriers.cuh"
+#include "kernels/sm90/common/fragment.cuh"
+#include "kernels/sm90/common/launch.cuh"
 #include "tileattn/error.hpp"
 
 namespace tileattn::sm90 {
@@ -25,8 +28,6 @@ struct StaBackwardConfig {
   static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
-  static constexpr int kBarrierDs = 1;      // both consumer warpgroups (256 threads)
-  static constexpr int kBarrierDqBase = 2;  // 2, 3: one consumer warpgroup (128 threads)
 };
 
 template <class Cfg>
@@ -55,14 +56,15 @@ __device__ __forceinline__ float2 to_float2(uint32_t packed) {
 template <class Cfg, class Loop, class Storage>
 __device__ void store_key_gradients(const StaBackwardParams& p, Storage& sm, const KeyBlockTask& kb, int warpgroup,
                                     typename Loop::Result& r) {
-  const int thread = threadIdx.x % 128, lane = thread % 32, warp = thread / 32;
-  named_barrier_sync(Cfg::kBarrierDs, 256);  // both warpgroups are done reading K and V
+  using Fragment = AccFragment<Cfg::kHeadDim>;  // dK, dV: key rows x head-dim columns
+  const int thread = threadIdx.x % 128;
+  named_barrier_sync(NamedBarrier::kDsReady, 256);  // both warpgroups are done reading K and V
   uint8_t* dk_tile = reinterpret_cast<uint8_t*>(sm.k);
   uint8_t* dv_tile = reinterpret_cast<uint8_t*>(sm.v);
 #pragma unroll
-  for (int e = 0; e < Loop::kAcc; e += 2) {
-    const int row = warpgroup * 64 + 16 * warp + lane / 4 + 8 * ((e >> 1) & 1);
-    const int col = 8 * (e / 4) + 2 * (lane % 4);
+  for (int e = 0; e < Fragment::kRegs; e += 2) {
+    const int row = warpgroup * 64 + Fragment::row(e);
+    const int col = Fragment::col(e);
     const int offset = swizzled_offset(row, col, Loop::kKeyAtomBytes);
     float dk2[2] = {r.dk[e] * p.scale, r.dk[e + 1] * p.scale}, dv2[2] = {r.dv[e], r.dv[e + 1]};
     uint32_t dk_packed[1], dv_packed[1];
@@ -72,17 +74,17 @@ __device__ void store_key_gradients(const StaBackwardParams& p, Storage& sm, con
     *reinterpret_cast<uint32_t*>(dv_tile + offset) = dv_packed[0];
   }
   fence_proxy_async_smem();
-  named_barrier_sync(Cfg::kBarrierDqBase + warpgroup, 128);
+  named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
   if (thread == 0) {
     const int kv_bh = kb.batch * p.kv_heads + kb.kv_head;
 #pragma unroll
     for (int a = 0; a < Loop::kAtoms; ++a) {
       const int offset = a * Loop::kKeyAtomBytes + warpgroup * 64 * 128;
       if (kb.text) {
-        tma_store_3d(&p.dk_text, dk_tile + offset, a * 64, kb.text_row + warpgroup * 64, kv_bh);
-        tma_store_3d(&p.dv_text, dv_tile + offset, a * 64, kb.text_row + warpgroup * 64, kv_bh);
+        tma_store_3d(&p.dk_tokens, dk_tile + offset, a * 64, kb.text_row + warpgroup * 64, kv_bh);
+        tma_store_3d(&p.dv_tokens, dv_tile + offset, a * 64, kb.text_row + warpgroup * 64, kv_bh);
       } else {
-        const int x3 = kb.x3 + warpgroup * (p.key_frames / 2);
+        const int x3 = kb.x3 + warpgroup * (p.sta.key.frames / 2);
         tma_store_5d(&p.dk_video, dk_tile + offset, a * 64, kb.x1, kb.x2, x3, kv_bh);
         tma_store_5d(&p.dv_video, dv_tile + offset, a * 64, kb.x1, kb.x2, x3, kv_bh);
       }
@@ -170,7 +172,7 @@ __global__ void __launch_bounds__(128) sta_backward_postprocess(const __grid_con
   for (int pair = threadIdx.x; pair < 2 * kPairsPerHalf; pair += 128) {
     const int half = pair / kPairsPerHalf;
     int row, col;
-    dq_fragment_position(pair % kPairsPerHalf, row, col);
+    dq_fragment_position<HeadDim>(pair % kPairsPerHalf, row, col);
     int64_t token;
     if (!query_row_token(p, qblock, row, token)) continue;
     const float2 v = acc[pair];

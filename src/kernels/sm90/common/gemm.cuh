@@ -1,8 +1,6 @@
 #pragma once
-// The wgmma instructions the kernels use (CuTe's SM90 GMMA atoms), and the register-fragment helpers around them.
-// Accumulator layout of a 64 x N tile: a thread holds two rows (16 * warp + lane / 4 and + 8); element e sits in
-// row (e / 2) % 2 and column 8 * (e / 4) + 2 * (lane % 4) + e % 2. The same layout, packed in pairs, is the A
-// operand of a register-sourced (RS) wgmma whose K is those N columns.
+// The wgmma instructions the kernels use (CuTe's SM90 GMMA atoms), packing accumulator fragments (fragment.cuh) into
+// the A operand of a register-sourced wgmma, and the 128-byte-swizzled shared-memory layout the operands live in.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -66,7 +64,6 @@ template <class Op, int N, size_t... I>
 __device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], std::index_sequence<I...>) {
   Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
 }
-
 
 // fp32 accumulator fragment -> packed 16-bit pairs (the A operand of an RS wgmma).
 template <class Element, int N>

@@ -1,6 +1,6 @@
 #pragma once
 // Thin wrappers over the Hopper (sm_90a) instructions the kernels use: mbarriers, TMA bulk tensor copies, wgmma
-// synchronisation, named barriers, register reconfiguration. One line of PTX each.
+// synchronisation, cp.async, named barriers, register reconfiguration. One line of PTX each.
 #include <cuda.h>
 
 #include <cstdint>
@@ -80,6 +80,16 @@ __device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk
 __device__ __forceinline__ void tma_store_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 // Makes this thread's ordinary shared-memory writes visible to the async proxy (TMA, wgmma).
 __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// ---- cp.async (16 bytes, L2 only; src_bytes < 16 zero-fills the rest) ----
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Arrives on `bar` once this thread's earlier cp.async copies have landed; the barrier's count includes it (noinc).
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
 
 // ---- wgmma ordering ----
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }

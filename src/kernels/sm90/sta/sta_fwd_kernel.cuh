@@ -1,13 +1,16 @@
 #pragma once
 // The STA forward kernel for Hopper: warp-specialised (1 producer + 2 consumer warpgroups), TMA + mbarrier
-// pipeline, wgmma, exp2 online softmax. See mainloop.cuh for the pipeline and sta_scheduler.cuh for the plan walk.
+// pipeline, wgmma, exp2 online softmax. See common/consumer.cuh for the pipeline, sta/producer.cuh for what it
+// loads, sta/tile_scheduler.cuh for the CTA order and sta/window_walk.cuh for the plan walk.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "kernels/sm90/epilogue.cuh"
-#include "kernels/sm90/launch.cuh"
-#include "kernels/sm90/mainloop.cuh"
+#include "kernels/sm90/common/consumer.cuh"
+#include "kernels/sm90/common/epilogue.cuh"
+#include "kernels/sm90/common/launch.cuh"
+#include "kernels/sm90/sta/producer.cuh"
+#include "kernels/sm90/sta/tile_scheduler.cuh"
 #include "tileattn/error.hpp"
 
 namespace tileattn::sm90 {
@@ -22,8 +25,6 @@ struct StaForwardConfig {
   static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
-  static constexpr int kBarrierEpilogueBase = 1;   // named barriers 1, 2
-  static constexpr int kBarrierSchedulerBase = 3;  // named barriers 3, 4
   static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 384 * 168,
                 "setmaxnreg: the warpgroups' registers must fit the 384 x 168 the CTA is launched with");
 };
@@ -40,27 +41,52 @@ struct SharedStorage {
   uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
 };
 
+// Where a query block's output rows go: text blocks are consecutive tokens; video blocks are whole tile planes of
+// the video map, a warpgroup's 64 rows starting query_frames / 2 frames further.
+struct StaQueryOutput {
+  const StaKernelParams& p;
+  const QueryBlock& q;
+  int batch, head;
+
+  __device__ __forceinline__ StaQueryOutput(const StaKernelParams& params, const QueryBlock& block)
+      : p(params), q(block), batch(block.batch), head(block.head) {}
+  __device__ __forceinline__ TokenRowsOutput token_rows() const { return {p.attention, batch, head, q.text_row}; }
+  __device__ __forceinline__ void store(const void* src, int atom, int warpgroup) const {
+    if (q.text)
+      token_rows().store(src, atom, warpgroup);
+    else
+      tma_store_5d(&p.o_video, src, atom * 64, q.x1, q.x2, q.x3 + warpgroup * (p.sta.query.frames / 2),
+                   batch * p.attention.q_heads + head);
+  }
+  __device__ __forceinline__ bool token(int row, int64_t& token) const {
+    if (q.text) return token_rows().token(row, token);
+    const detail::TileCoord r = p.sta.grid.row_in_tile(row);
+    token = p.sta.extents.token(q.x1 + r.w, q.x2 + r.h, q.x3 + r.t);
+    return p.sta.extents.contains(q.x1 + r.w, q.x2 + r.h, q.x3 + r.t);
+  }
+};
+
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_forward_kernel(const __grid_constant__ StaKernelParams p) {
-  using Loop = Mainloop<Cfg>;
+  using Consumer = ForwardConsumer<Cfg>;
   extern __shared__ uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<SharedStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
 
   const QueryBlock q = query_block_of(p, blockIdx.x);
   if (q.empty) return;  // uniform across the CTA, before any barrier
 
-  Loop::init_barriers(sm);  // full: the producer (TMA bytes); empty: the 8 consumer warps
+  init_pipeline_barriers<Cfg::kStages>(sm);  // full: the producer (TMA bytes); empty: the 8 consumer warps
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     registers_decrease<Cfg::kProducerRegisters>();
-    if (threadIdx.x == 0) Loop::produce(p, sm, q);
+    if (threadIdx.x == 0) StaProducer<Cfg>::produce(p, sm, q);
   } else {
     registers_increase<Cfg::kConsumerRegisters>();
-    typename Loop::Result r;
+    typename Consumer::Result r;
     StaKeyTiles<Cfg::kBlockN> tiles(p, q);
-    Loop::consume(sm, tiles, p.scale_log2, warpgroup - 1, r);
-    Epilogue<Cfg, Loop>::store(p, sm, q, warpgroup - 1, r);
+    Consumer::consume(sm, tiles, p.attention.scale_log2, warpgroup - 1, r);
+    Epilogue<Cfg>::store(p.attention, sm, StaQueryOutput(p, q), warpgroup - 1, r);
   }
 }
 

@@ -9,27 +9,34 @@
 //  With N a multiple of 8 the rows come in 8-row runs of one group each, and the warp issues one TMA box of 8 rows
 //  per run and head-dim atom instead (16 lanes x 2 atoms per tile), which keeps far more bytes in flight than the
 //  LSU path.
-//  Consumers: the STA forward's (Mainloop::consume), with FgKeyTiles as their view of the plan: a tile is masked
+//  Consumers: the forward's (common/consumer.cuh), with FgKeyTiles as their view of the plan: a tile is masked
 //  only when the producer flagged it.
 #include "kernels/fg_kernel_params.hpp"
-#include "kernels/sm90/gemm.cuh"
-#include "kernels/sm90/hopper_primitives.cuh"
-#include "kernels/sm90/sta_scheduler.cuh"
+#include "kernels/sm90/common/consumer.cuh"
+#include "kernels/sm90/common/fragment.cuh"
+#include "kernels/sm90/common/gemm.cuh"
+#include "kernels/sm90/common/hopper_primitives.cuh"
 
 namespace tileattn::sm90 {
 
+using kernels::AttentionParams;
 using kernels::FgGatherParams;
 using kernels::FgKernelParams;
 using kernels::kFgKeyRows;
 
-// ---- cp.async (16 bytes, L2 only; src_bytes < 16 zero-fills the rest) ----
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-// Arrives on `bar` once this thread's earlier cp.async copies have landed; the barrier's count includes it (noinc).
-__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(bar)) : "memory");
+// One CTA's query block: 128 consecutive token rows of one (batch, head); CTAs are numbered head-major, so CTAs
+// resident together read the same K/V.
+struct FgQueryBlock {
+  int batch;  // within the launch
+  int head;
+  int index;  // 128-row query block within (batch, head)
+  __device__ __forceinline__ int first_row() const { return index * kernels::kQueryBlockRows; }
+};
+
+__device__ __forceinline__ FgQueryBlock fg_query_block(const FgKernelParams& p, int64_t cta) {
+  const int blocks = p.gather.query_blocks;
+  const int64_t bh = cta / blocks;
+  return {int(bh / p.attention.q_heads), int(bh % p.attention.q_heads), int(cta % blocks)};
 }
 
 // One CTA's gather list: row i of it is key position groups[i / N] * N + i % N, for i < length.
@@ -57,30 +64,30 @@ __device__ __forceinline__ FgRow fg_row(const FgGatherParams& g, int head, int q
 
 template <class Cfg>
 struct FgProducer {
+  using Tiles = ForwardTiles<Cfg>;
   static constexpr int kStages = Cfg::kStages;
   static constexpr int kChunksPerRow = Cfg::kHeadDim * 2 / 16;  // 16-byte chunks of a K/V row
   static constexpr int kRowsPerCopy = 32 / kChunksPerRow;        // rows one warp-wide cp.async covers
-  static constexpr int kKeyAtomBytes = kFgKeyRows * 128;
-  static constexpr int kQueryAtomBytes = kernels::kQueryBlockRows * 128;
-  static constexpr int kAtoms = Cfg::kHeadDim / 64;
+  static constexpr int kKeyAtomBytes = Tiles::kKeyAtomBytes;
+  static constexpr int kAtoms = Tiles::kAtoms;
   static_assert(kStages <= 4, "one producer warp per stage");
 
   template <class Storage>
-  static __device__ void produce(const FgKernelParams& params, Storage& sm, const QueryBlock& q) {
-    const StaKernelParams& p = params.attention;
+  static __device__ void produce(const FgKernelParams& params, Storage& sm, const FgQueryBlock& q) {
+    const AttentionParams& p = params.attention;
     const FgGatherParams& g = params.gather;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 0 && lane == 0) {
-      mbarrier_arrive_expect_tx(&sm.q_full, kAtoms * kQueryAtomBytes);
+      mbarrier_arrive_expect_tx(&sm.q_full, Tiles::kQueryTileBytes);
       for (int a = 0; a < kAtoms; ++a)
-        tma_load_3d(sm.q + a * kQueryAtomBytes / sizeof(*sm.q), &p.q_text, &sm.q_full, a * 64, q.text_row,
-                    q.batch * p.q_heads + q.head);
+        tma_load_3d(sm.q + a * Tiles::kQueryAtomBytes / sizeof(*sm.q), &p.q_tokens, &sm.q_full, a * 64,
+                    q.first_row(), q.batch * p.q_heads + q.head);
     }
     if (warp >= kStages) return;
     const int kv_head = q.head / p.kv_group;
     const char* k_base = g.k + q.batch * g.k_batch_stride + kv_head * g.k_head_stride;
     const char* v_base = g.v + q.batch * g.v_batch_stride + kv_head * g.v_head_stride;
-    const FgRow row = fg_row(g, q.head, q.text_row / kernels::kQueryBlockRows);
+    const FgRow row = fg_row(g, q.head, q.index);
     const int tokens = p.num_tokens;
     const uint32_t all_rows = g.membership != nullptr ? (1u << (kernels::kQueryBlockRows / g.query_block)) - 1 : 1u;
     const int stage = warp;
@@ -173,26 +180,26 @@ struct FgProducer {
 // The consumers' view of an FG plan: the CTA's tile count, and the producer's per-tile flags and membership bytes.
 template <int kBlockN>
 struct FgKeyTiles {
-  static constexpr int kScores = kBlockN / 2;
+  using Fragment = AccFragment<kBlockN>;
+  static constexpr int kScores = Fragment::kRegs;
   static constexpr bool kEveryThreadReleasesK = true;
   int tiles;
   uint32_t bit;  // this thread's sub-block (both its rows lie in the same 16-row slice, and M >= 16)
 
-  __device__ __forceinline__ FgKeyTiles(const FgKernelParams& p, const QueryBlock& q, int warpgroup) {
+  __device__ __forceinline__ FgKeyTiles(const FgKernelParams& p, const FgQueryBlock& q, int warpgroup) {
     static_assert(kBlockN == kFgKeyRows, "FG tiles are the gathered 128-row tiles");
-    tiles = fg_row(p.gather, q.head, q.text_row / kernels::kQueryBlockRows).tiles;
-    const int row0 = warpgroup * 64 + (threadIdx.x % 128) / 32 * 16;
-    bit = p.gather.membership != nullptr ? 1u << (row0 / p.gather.query_block) : 1u;
+    tiles = fg_row(p.gather, q.head, q.index).tiles;
+    const int warp_rows = warpgroup * 64 + (threadIdx.x % 128) / 32 * 16;  // the 16-row slice of this thread's warp
+    bit = p.gather.membership != nullptr ? 1u << (warp_rows / p.gather.query_block) : 1u;
   }
   __device__ __forceinline__ int count() const { return tiles; }
   template <class Storage>
   __device__ __forceinline__ void mask(Storage& sm, int stage, float (&s)[kScores]) const {
     if (!sm.mask_flag[stage]) return;
     const uint8_t* member = sm.member[stage];
-    const int lane_col = 2 * (threadIdx.x % 4);
 #pragma unroll
-    for (int j = 0; j < kScores / 2; ++j) {  // scores 2j, 2j + 1: columns c, c + 1 of both rows
-      const int col = 8 * (j / 2) + lane_col;
+    for (int j = 0; j < Fragment::kPairs; ++j) {  // scores 2j, 2j + 1: columns c, c + 1 of both rows
+      const int col = Fragment::pair_col(j);
       const uint32_t pair = *reinterpret_cast<const uint16_t*>(member + col);
       if (!(pair & bit)) s[2 * j] = -INFINITY;
       if (!((pair >> 8) & bit)) s[2 * j + 1] = -INFINITY;

@@ -1,6 +1,6 @@
 #pragma once
 // The FG-Attn forward kernel for Hopper: the STA forward's structure (1 producer + 2 consumer warpgroups, mbarrier
-// pipeline, wgmma, online softmax, TMA epilogue) with a gathering producer (fg_mainloop.cuh). One CTA per
+// pipeline, wgmma, online softmax, TMA epilogue) with a gathering producer (fg/producer.cuh). One CTA per
 // (batch, head, 128 query rows), heads outermost so CTAs resident together read the same K/V.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -8,10 +8,10 @@
 
 #include <string>
 
-#include "kernels/sm90/epilogue.cuh"
-#include "kernels/sm90/launch.cuh"
-#include "kernels/sm90/fg_mainloop.cuh"
-#include "kernels/sm90/mainloop.cuh"
+#include "kernels/sm90/common/consumer.cuh"
+#include "kernels/sm90/common/epilogue.cuh"
+#include "kernels/sm90/common/launch.cuh"
+#include "kernels/sm90/fg/producer.cuh"
 #include "tileattn/error.hpp"
 
 namespace tileattn::sm90 {
@@ -28,8 +28,6 @@ struct FgForwardConfig {
   // 384 x 168 registers it was launched with: 128 x 40 + 256 x 232 must not exceed them, or setmaxnreg.inc waits forever.
   static constexpr int kProducerRegisters = 40;
   static constexpr int kConsumerRegisters = 232;
-  static constexpr int kBarrierEpilogueBase = 1;
-  static constexpr int kBarrierSchedulerBase = 3;
   static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 384 * 168,
                 "setmaxnreg: the warpgroups' registers must fit the 384 x 168 the CTA is launched with");
 };
@@ -48,28 +46,17 @@ struct FgSharedStorage {
   uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
 };
 
-__device__ __forceinline__ QueryBlock fg_query_block(const FgKernelParams& p, int64_t cta) {
-  QueryBlock q;
-  const int blocks = p.gather.query_blocks;
-  const int64_t bh = cta / blocks;
-  q.text = true;  // addressed through the (d, token, bh) maps
-  q.text_row = int(cta % blocks) * kernels::kQueryBlockRows;
-  q.batch = int(bh / p.attention.q_heads);
-  q.head = int(bh % p.attention.q_heads);
-  return q;
-}
-
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) fg_forward_kernel(const __grid_constant__ FgKernelParams p) {
-  using Loop = Mainloop<Cfg>;
+  using Consumer = ForwardConsumer<Cfg>;
   extern __shared__ uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<FgSharedStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const QueryBlock q = fg_query_block(p, blockIdx.x);
+  const FgQueryBlock q = fg_query_block(p, blockIdx.x);
 
   // K full: the TMA bytes and lane 0's arrival, or the 32 lanes' cp.async arrivals + lane 0's release of the
   // membership bytes; V full: likewise without the bytes. K empty: every consumer thread (they read those bytes).
   const bool tma = p.gather.tma_rows != 0;
-  Loop::init_barriers(sm, tma ? 1 : 33, tma ? 1 : 32, 256);
+  init_pipeline_barriers<Cfg::kStages>(sm, tma ? 1 : 33, tma ? 1 : 32, 256);
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
@@ -77,10 +64,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fg_forward_kernel(const __gr
     FgProducer<Cfg>::produce(p, sm, q);
   } else {
     registers_increase<Cfg::kConsumerRegisters>();
-    typename Loop::Result r;
+    typename Consumer::Result r;
     FgKeyTiles<Cfg::kBlockN> tiles(p, q, warpgroup - 1);
-    Loop::consume(sm, tiles, p.attention.scale_log2, warpgroup - 1, r);
-    Epilogue<Cfg, Loop>::store(p.attention, sm, q, warpgroup - 1, r);
+    Consumer::consume(sm, tiles, p.attention.scale_log2, warpgroup - 1, r);
+    const TokenRowsOutput out{p.attention, q.batch, q.head, q.first_row()};
+    Epilogue<Cfg>::store(p.attention, sm, out, warpgroup - 1, r);
   }
 }
 

@@ -1,0 +1,187 @@
+#pragma once
+// The consumer side of the forward kernels (FA3 structure), shared by STA and FG; the producers that fill its
+// pipeline are theirs (sta/producer.cuh, fg/producer.cuh).
+//  Pipeline: a ring of `kStages` shared-memory stages of K and V blocks, each guarded by full/empty mbarriers.
+//  Consumers (warpgroups 1..2, 64 query rows each): S = Q K^T by wgmma from shared memory, online softmax in
+//  registers, O += P V by wgmma with P from registers. Intra-warpgroup overlap: the QK^T of block j is issued
+//  together with the PV of block j-1, so the softmax of block j runs while the tensor cores finish PV(j-1). An
+//  optional scheduler barrier makes the two consumer warpgroups take turns issuing, so one's softmax overlaps the
+//  other's GEMMs. The consumer is generic over its key-tile source (`KeyTiles`: how many blocks, and the mask of
+//  each), which is all it needs to know of the plan.
+#include "kernels/attention_params.hpp"
+#include "kernels/sm90/common/barriers.cuh"
+#include "kernels/sm90/common/gemm.cuh"
+#include "kernels/sm90/common/hopper_primitives.cuh"
+#include "kernels/sm90/common/softmax.cuh"
+
+namespace tileattn::sm90 {
+
+// Shapes of the forward's shared-memory tiles: the 128-row Q tile and kBlockN-row K / V tiles, each as 128-byte
+// swizzle atoms of 64 head-dim columns.
+template <class Cfg>
+struct ForwardTiles {
+  static constexpr int kAtoms = Cfg::kHeadDim / 64;                       // atoms along the head dim
+  static constexpr int kQueryAtomBytes = kernels::kQueryBlockRows * 128;  // one atom of the Q tile
+  static constexpr int kKeyAtomBytes = Cfg::kBlockN * 128;                // one atom of a K or V tile
+  static constexpr int kQueryTileBytes = kAtoms * kQueryAtomBytes;
+  static constexpr int kKeyTileBytes = kAtoms * kKeyAtomBytes;
+};
+
+// The pipeline's barriers: Q full (the producer's TMA), each stage's K/V full (`k_full` / `v_full` arrivals) and
+// empty (one arrival per consumer warp; for K, `k_empty` arrivals). Called by the whole CTA.
+template <int kStages, class Storage>
+__device__ void init_pipeline_barriers(Storage& sm, int k_full = 1, int v_full = 1, int k_empty = 8) {
+  if (threadIdx.x == 0) {
+    mbarrier_init(&sm.q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&sm.k_full[s], k_full);
+      mbarrier_init(&sm.v_full[s], v_full);
+      mbarrier_init(&sm.k_empty[s], k_empty);
+      mbarrier_init(&sm.v_empty[s], 8);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+}
+
+template <class Cfg>
+struct ForwardConsumer {
+  using Element = typename Cfg::Element;
+  using Tiles = ForwardTiles<Cfg>;
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockN = Cfg::kBlockN;   // key rows per block
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kScores = kBlockN / 2;     // S elements per consumer thread
+  using QK = typename MmaSS<Element, kBlockN>::Op;
+  using PV = typename MmaRS<Element, kHeadDim>::Op;
+
+  // S (64 x BlockN) = Q rows of this warpgroup x K block^T.
+  static __device__ __forceinline__ void gemm_qk(uint32_t q_rows, uint32_t k_tile, float (&s)[kScores]) {
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const uint32_t chunk = (kk % 4) * 32;  // 16 elements of K inside a 128-byte row
+      mma_ss<QK>(smem_desc_k_major(q_rows + (kk / 4) * Tiles::kQueryAtomBytes + chunk),
+                 smem_desc_k_major(k_tile + (kk / 4) * Tiles::kKeyAtomBytes + chunk), s,
+                 kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One, std::make_index_sequence<kScores>{});
+    }
+  }
+  // O (64 x HeadDim) += P (64 x BlockN, registers) x V block (BlockN x HeadDim).
+  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kScores / 2], uint32_t v_tile,
+                                                 float (&o)[kHeadDim / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      mma_rs<PV>(&p[4 * kk], smem_desc_mn_major(v_tile + kk * 16 * 128, Tiles::kKeyAtomBytes), o,
+                 std::make_index_sequence<kHeadDim / 2>{});
+  }
+
+  static __device__ __forceinline__ void pack_probabilities(const float (&s)[kScores], uint32_t (&p)[kScores / 2]) {
+    pack_fragment<Element>(s, p);
+  }
+
+  // What a consumer thread hands the epilogue: its O rows (unnormalised), their 1 / row sum and LSE.
+  struct Result {
+    float o[kHeadDim / 2];
+    float inverse_sum[2];
+    float lse[2];
+  };
+
+  // `tiles` says how many key blocks there are and masks the scores of each (tiles.mask(sm, stage, s) is called
+  // once per block, in order, before the block's K stage is released): StaKeyTiles or FgKeyTiles.
+  template <class Storage, class KeyTiles>
+  static __device__ void consume(Storage& sm, KeyTiles& tiles, float scale_log2, int warpgroup, Result& out) {
+    const bool lane0 = threadIdx.x % 32 == 0;
+    const uint32_t q_rows = smem_addr(sm.q) + warpgroup * 64 * 128;
+    auto k_tile = [&](int stage) { return smem_addr(sm.k[stage]); };
+    auto v_tile = [&](int stage) { return smem_addr(sm.v[stage]); };
+    auto release = [&](uint64_t* bar) {
+      __syncwarp();
+      if (lane0) mbarrier_arrive(bar);
+    };
+    // K stages: FG tiles carry membership bytes the consumers read with ordinary loads, so every thread releases.
+    auto release_k = [&](uint64_t* bar) {
+      if constexpr (KeyTiles::kEveryThreadReleasesK)
+        mbarrier_arrive(bar);
+      else
+        release(bar);
+    };
+    // Scheduler barrier: the two consumer warpgroups take turns issuing their GEMMs.
+    auto wait_turn = [&] {
+      if constexpr (Cfg::kSchedulerBarrier) named_barrier_sync(NamedBarrier::kSchedulerTurn, 256, warpgroup);
+    };
+    auto pass_turn = [&](bool last) {
+      if constexpr (Cfg::kSchedulerBarrier)
+        if (!(last && warpgroup == 1)) named_barrier_arrive(NamedBarrier::kSchedulerTurn, 256, 1 - warpgroup);
+    };
+    if constexpr (Cfg::kSchedulerBarrier)
+      if (warpgroup == 1) named_barrier_arrive(NamedBarrier::kSchedulerTurn, 256, 1 - warpgroup);
+
+    float s[kScores];
+    uint32_t probs[kScores / 2];
+#pragma unroll
+    for (int i = 0; i < kHeadDim / 2; ++i) out.o[i] = 0.0f;
+    OnlineSoftmax<kScores> softmax(scale_log2);
+    float correction[2];
+
+    const int n = tiles.count();
+    int stage = 0;
+    uint32_t phase = 0;
+
+    mbarrier_wait(&sm.q_full, 0);
+    mbarrier_wait(&sm.k_full[0], 0);
+    wait_turn();
+    wgmma_fence();
+    gemm_qk(q_rows, k_tile(0), s);
+    wgmma_commit();
+    pass_turn(false);
+    wgmma_wait<0>();
+    fence_registers(s);
+    tiles.mask(sm, 0, s);
+    release_k(&sm.k_empty[0]);
+    softmax.template update<true>(s, correction);
+    pack_probabilities(s, probs);
+
+    for (int i = 1; i < n; ++i) {
+      const int prev_stage = stage;
+      const uint32_t prev_phase = phase;
+      if (++stage == kStages) stage = 0, phase ^= 1;
+      mbarrier_wait(&sm.k_full[stage], phase);
+      wait_turn();
+      fence_registers(out.o);
+      fence_registers(probs);
+      wgmma_fence();
+      gemm_qk(q_rows, k_tile(stage), s);
+      wgmma_commit();
+      mbarrier_wait(&sm.v_full[prev_stage], prev_phase);
+      wgmma_fence();
+      gemm_pv(probs, v_tile(prev_stage), out.o);
+      wgmma_commit();
+      pass_turn(false);
+      wgmma_wait<1>();  // S of block i is ready; PV of block i-1 may still run
+      fence_registers(s);
+      tiles.mask(sm, stage, s);
+      release_k(&sm.k_empty[stage]);
+      softmax.template update<false>(s, correction);
+      wgmma_wait<0>();
+      fence_registers(out.o);
+      fence_registers(probs);
+      release(&sm.v_empty[prev_stage]);
+      scale_rows(out.o, correction);
+      pack_probabilities(s, probs);
+    }
+    mbarrier_wait(&sm.v_full[stage], phase);
+    wait_turn();
+    fence_registers(out.o);
+    fence_registers(probs);
+    wgmma_fence();
+    gemm_pv(probs, v_tile(stage), out.o);
+    wgmma_commit();
+    pass_turn(true);
+    wgmma_wait<0>();
+    fence_registers(out.o);
+    fence_registers(probs);
+    release(&sm.v_empty[stage]);
+    softmax.finish(out.inverse_sum, out.lse);
+  }
+};
+
+}  // namespace tileattn::sm90
