@@ -22,13 +22,13 @@
 namespace tileattn::sm90 {
 
 // Where element pair `pair` (of 64 * D / 4 pairs) of a dQ half-chunk sits: the wgmma accumulator order of a 64 x D/2
-// tile, pair = e2 * 128 + thread, so a warpgroup writes and reduces it contiguously.
+// tile, pair = register pair * 128 + thread, so a warpgroup writes and reduces it contiguously.
 template <int kHeadDim>
 __device__ __forceinline__ void dq_fragment_position(int pair, int& row, int& col) {
   using Fragment = AccFragment<kHeadDim / 2>;
-  const int e = 2 * (pair / 128), thread = pair % 128;
-  row = Fragment::row(e, thread);
-  col = Fragment::col(e, thread);
+  const int register_pair = pair / 128, thread = pair % 128;
+  row = Fragment::pair_row(register_pair, thread);
+  col = Fragment::pair_col(register_pair, thread);
 }
 
 template <class Cfg>

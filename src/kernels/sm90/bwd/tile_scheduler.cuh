@@ -60,7 +60,8 @@ __device__ __forceinline__ bool key_row_valid(const StaBackwardParams& p, const 
                                               int text_valid) {
   if (k.text) return k.text_index * kBwdKeyRows + row < text_valid;
   const detail::TileCoord r = p.sta.grid.row_in_tile(row);
-  return p.sta.extents.contains(k.x1 + r.w, k.x2 + r.h, k.x3 + r.t);
+  const detail::VideoMapExtents& e = p.sta.extents;
+  return k.x1 + r.w < e.x1 && k.x2 + r.h < e.x2 && k.x3 + r.t < e.x3;
 }
 
 // Map coordinates and token of row `row` of query block `qblock`; false if the row holds no token.

@@ -31,8 +31,10 @@ struct AccFragment {
   static __device__ __forceinline__ int col(int e, int t = thread()) {
     return 8 * col_group(e) + lane_col(t) + col_parity(e);
   }
-  // Column of pair i (registers 2i, 2i + 1, both rows' pairs of one column group).
-  static __device__ __forceinline__ int pair_col(int i, int t = thread()) { return 8 * (i / 2) + lane_col(t); }
+  // Pair i holds registers 2i, 2i + 1: adjacent columns of one row. Bit operations rather than division, since i
+  // may be a run-time index (the dQ workspace order, bwd/mainloop.cuh).
+  static __device__ __forceinline__ int pair_row(int i, int t = thread()) { return row0(t) + 8 * (i & 1); }
+  static __device__ __forceinline__ int pair_col(int i, int t = thread()) { return 8 * (i >> 1) + lane_col(t); }
 
   // This thread's part of each row's maximum, starting from m (the quad_max of it is the row's maximum).
   static __device__ __forceinline__ void thread_row_max(const float (&s)[kRegs], float (&m)[2]) {

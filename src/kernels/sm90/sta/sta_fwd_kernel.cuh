@@ -61,8 +61,10 @@ struct StaQueryOutput {
   __device__ __forceinline__ bool token(int row, int64_t& token) const {
     if (q.text) return token_rows().token(row, token);
     const detail::TileCoord r = p.sta.grid.row_in_tile(row);
-    token = p.sta.extents.token(q.x1 + r.w, q.x2 + r.h, q.x3 + r.t);
-    return p.sta.extents.contains(q.x1 + r.w, q.x2 + r.h, q.x3 + r.t);
+    const detail::VideoMapExtents& e = p.sta.extents;
+    const bool valid = q.x1 + r.w < e.x1 && q.x2 + r.h < e.x2 && q.x3 + r.t < e.x3;
+    token = e.token(q.x1 + r.w, q.x2 + r.h, q.x3 + r.t);
+    return valid;
   }
 };
 
