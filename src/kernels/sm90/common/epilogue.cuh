@@ -3,7 +3,7 @@
 // free) Q tile in the 128-byte-swizzled layout TMA expects, and store it with one TMA box per head-dim atom; the box
 // is clipped at the tensor's edges, so partial tiles and the text tail need no special case. LSE rows go straight to
 // global memory. Where the rows go is the query block's `Output`: TokenRowsOutput for a block of consecutive tokens
-// (FG, STA's text blocks), StaQueryOutput (sta/producer.cuh) for STA's video blocks too.
+// (FG, STA's text blocks), StaQueryOutput (sta/sta_fwd_kernel.cuh) for STA's video blocks too.
 #include "kernels/attention_params.hpp"
 #include "kernels/sm90/common/barriers.cuh"
 #include "kernels/sm90/common/consumer.cuh"
