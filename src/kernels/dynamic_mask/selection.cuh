@@ -1,0 +1,510 @@
+#pragma once
+// The dynamic-mask builder's selection, launched by dynamic_mask_gpu.cu after the score passes: per-row radix
+// selection of the kept key groups (top_k, top_p, threshold rules, capacity limit, compaction) and, for
+// target_sparsity, a per-head weighted radix selection over the masses that sets each row's cut.
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/dynamic_mask_layout.hpp"
+
+namespace tileattn {
+namespace kernels {
+// Included by dynamic_mask_gpu.cu alone, so the kernels keep internal linkage (and their names) as one unit.
+namespace {
+
+using u64 = unsigned long long;
+
+constexpr int kSelThreads = 256, kSelWarps = kSelThreads / 32;
+constexpr uint32_t kForcedBit = 1u << 30;  // priority key: always-kept groups above every other group
+constexpr uint32_t kAllTies = 0xffffffffu;
+constexpr int kBins = int(kDynBins);
+__device__ constexpr int kShift[3] = {20, 10, 0};  // radix levels: key bits [30:20], [19:10], [9:0]
+__device__ constexpr int kBits[3] = {11, 10, 10};
+
+// A row's kept groups: every eligible group with key > key, plus the first tie_keep (by index) with key == key.
+struct Cut {
+  uint32_t key, tie_keep;
+};
+__device__ constexpr Cut kKeepNothing{0xffffffffu, 0};     // keys never have bit 31
+__device__ constexpr Cut kKeepAll{0, kAllTies};
+__device__ constexpr Cut kKeepForced{kForcedBit - 1, 0};  // exactly the keys >= 2^30
+
+struct SelectParams {
+  const float* mass;  // [pass rows, ng]
+  int tokens, nq, ng, query_block, key_group;
+  int h0;  // first query head of the pass
+  int rule;
+  double p;
+  long long k;
+  uint32_t threshold_key;
+  double target_sparsity;
+  int keep_diagonal;
+  int text_first_group;  // ng: no group is kept for text
+  const int32_t* win_table;
+  const int32_t* win_counts;  // null: no window
+  long long win_capacity;
+  int32_t* table;
+  int32_t* counts;
+  long long capacity;
+  DynHeadState* head_state;  // [heads of the pass]
+  DynHeadHist* head_hist;
+  DynRowTies* row_ties;  // [pass rows]
+};
+
+// 2^-40 fixed point: top_p's sums are exact integer sums, so the parallel scans below are consistent and the
+// result does not depend on the order of the atomics.
+__device__ __forceinline__ u64 to_fixed(float m) { return __double2ull_rn(double(m) * 1099511627776.0); }
+
+struct RowView {
+  const float* mass;
+  const uint32_t* bitmap;  // eligible groups (window), or null: all
+  int ng, key_group, tokens, diag_first, diag_last, text_first;
+  bool density;
+
+  __device__ int group_size(int g) const { return int(min(int64_t(key_group), int64_t(tokens) - int64_t(g) * key_group)); }
+  // The priority key of an eligible group: float bits of the mass (target_sparsity: of mass / group size), bit 30
+  // set for always-kept groups (those rank by mass). Masses are sanitised to [0, 1.75] (NaN -> 0).
+  __device__ bool key(int g, uint32_t& k, float& m) const {
+    if (bitmap != nullptr && !((bitmap[g >> 5] >> (g & 31)) & 1u)) return false;
+    const float raw = mass[g];
+    m = raw >= 0.0f ? fminf(raw, 1.75f) : 0.0f;
+    if ((g >= diag_first && g <= diag_last) || g >= text_first)
+      k = __float_as_uint(m) | kForcedBit;
+    else
+      k = __float_as_uint(density ? __fdiv_rn(m, float(group_size(g))) : m);
+    return true;
+  }
+};
+
+template <class V>
+__device__ V block_exclusive_scan(V v, V& total, V* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  V inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const V y = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += y;
+  }
+  if (lane == 31) scratch[warp] = inc;
+  __syncthreads();
+  V before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < kSelWarps; ++w) {
+    const V s = scratch[w];
+    if (w < warp) before += s;
+    all += s;
+  }
+  __syncthreads();
+  total = all;
+  return before + inc - v;
+}
+
+template <class V>
+__device__ V block_sum(V v, V* scratch) {
+  V total;
+  block_exclusive_scan(v, total, scratch);
+  return total;
+}
+
+struct Crossing {
+  int bin, found;
+  u64 above_val, above_cnt;  // over the bins above `bin`
+};
+
+struct SelShared {
+  uint32_t cnt[kBins];
+  u64 val[kBins];
+  u64 scratch[kSelWarps];
+  Crossing cross;
+};
+
+// The first bin, in descending order, at which base + the values of the bins down to it reach `need`. Values are
+// integers, so the cumulative sums are exact and exactly one thread finds the bin. Result in s.cross.
+template <class ValFn>
+__device__ void find_crossing(SelShared& s, int nb, ValFn val, u64 base, double need) {
+  const int per = nb / kSelThreads, hi = nb - 1 - int(threadIdx.x) * per;
+  u64 lv = 0, lc = 0;
+  for (int i = 0; i < per; ++i) lv += val(hi - i), lc += s.cnt[hi - i];
+  u64 tv, tc;
+  const u64 ev = block_exclusive_scan<u64>(lv, tv, s.scratch);
+  const u64 ec = block_exclusive_scan<u64>(lc, tc, s.scratch);
+  if (threadIdx.x == 0) s.cross.found = 0;
+  __syncthreads();
+  if (double(base + ev) < need && double(base + ev + lv) >= need) {
+    u64 v = ev, c = ec;
+    for (int i = 0; i < per; ++i) {
+      const int b = hi - i;
+      if (double(base + v + val(b)) >= need) {
+        s.cross = Crossing{b, 1, v, c};
+        break;
+      }
+      v += val(b), c += s.cnt[b];
+    }
+  }
+  __syncthreads();
+}
+
+// Histogram of radix level `level` over the eligible groups whose key starts with `prefix` (the bits above the
+// level's digit); with_val adds the masses (fixed point) too.
+template <bool kVal>
+__device__ void hist_pass(const RowView& v, SelShared& s, int level, uint32_t prefix) {
+  const int nb = level == 0 ? kBins : 1024, shift = kShift[level], up = shift + kBits[level];
+  __syncthreads();  // earlier readers of the histogram are done
+  for (int i = threadIdx.x; i < nb; i += kSelThreads) {
+    s.cnt[i] = 0;
+    if (kVal) s.val[i] = 0;
+  }
+  __syncthreads();
+  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
+    uint32_t key;
+    float m;
+    if (!v.key(g, key, m) || (key >> up) != prefix) continue;  // level 0: up = 31, prefix 0
+    const int bin = int(key >> shift) & (nb - 1);
+    atomicAdd(&s.cnt[bin], 1u);
+    if (kVal) atomicAdd(&s.val[bin], to_fixed(m));
+  }
+  __syncthreads();
+}
+
+struct RowStats {
+  u64 eligible, forced, mass, by_cut;  // by_cut: how many groups `cut` keeps (when given)
+};
+
+// The first pass over a row: level 0's histogram (counts and masses) and the row's totals.
+__device__ RowStats row_pass0(const RowView& v, SelShared& s, const Cut* cut) {
+  __syncthreads();
+  for (int i = threadIdx.x; i < kBins; i += kSelThreads) s.cnt[i] = 0, s.val[i] = 0;
+  __syncthreads();
+  u64 eligible = 0, forced = 0, mass = 0, above = 0, ties = 0;
+  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
+    uint32_t key;
+    float m;
+    if (!v.key(g, key, m)) continue;
+    const u64 fx = to_fixed(m);
+    ++eligible;
+    forced += key >= kForcedBit;
+    mass += fx;
+    if (cut != nullptr) above += key > cut->key, ties += key == cut->key;
+    atomicAdd(&s.cnt[key >> kShift[0]], 1u);
+    atomicAdd(&s.val[key >> kShift[0]], fx);
+  }
+  RowStats r;
+  r.eligible = block_sum<u64>(eligible, s.scratch);
+  r.forced = block_sum<u64>(forced, s.scratch);
+  r.mass = block_sum<u64>(mass, s.scratch);
+  r.by_cut = 0;
+  if (cut != nullptr) {
+    const u64 a = block_sum<u64>(above, s.scratch), t = block_sum<u64>(ties, s.scratch);
+    r.by_cut = a + min(t, u64(cut->tie_keep));
+  }
+  return r;
+}
+
+// The cut keeping the n highest-priority eligible groups, ties to the lower index (0 < n < eligible).
+__device__ Cut count_select(const RowView& v, SelShared& s, u64 n, bool level0_ready) {
+  uint32_t prefix = 0;
+  u64 remaining = n;
+  for (int level = 0; level < 3; ++level) {
+    if (level > 0 || !level0_ready) hist_pass<false>(v, s, level, prefix);
+    find_crossing(s, level == 0 ? kBins : 1024, [&](int b) { return u64(s.cnt[b]); }, 0, double(remaining));
+    const Crossing c = s.cross;  // found: the histogram holds >= remaining groups
+    remaining -= c.above_cnt;
+    prefix = (prefix << kBits[level]) | uint32_t(c.bin);
+    if (remaining == s.cnt[c.bin]) return Cut{prefix << kShift[level], kAllTies};  // the whole bin
+  }
+  return Cut{prefix, uint32_t(remaining)};
+}
+
+// top_p: the cut keeping the shortest prefix of the priority order whose mass reaches `target` (fixed point);
+// n = its length. Level 0's histogram (with masses) must be current.
+__device__ Cut mass_select(const RowView& v, SelShared& s, double target, u64 eligible, u64& n) {
+  if (!(target > 0.0)) {
+    n = 0;
+    return kKeepNothing;
+  }
+  uint32_t prefix = 0;
+  u64 base = 0, above = 0;
+  for (int level = 0; level < 3; ++level) {
+    if (level > 0) hist_pass<true>(v, s, level, prefix);
+    find_crossing(s, level == 0 ? kBins : 1024, [&](int b) { return s.val[b]; }, base, target);
+    const Crossing c = s.cross;
+    if (!c.found) {  // only at level 0 (a bin's sub-bins add up to it exactly): the row never reaches the target
+      n = eligible;
+      return kKeepAll;
+    }
+    base += c.above_val;
+    above += c.above_cnt;
+    prefix = (prefix << kBits[level]) | uint32_t(c.bin);
+    const u64 cnt = s.cnt[c.bin];
+    if (cnt == 1) {
+      n = above + 1;
+      return Cut{prefix << kShift[level], kAllTies};
+    }
+    if (level == 2) {  // cnt equal keys: keep the fewest (lowest indices) that reach the target
+      const u64 each = s.val[c.bin] / cnt;
+      u64 r = cnt;
+      if (each > 0) {
+        r = u64(fmin(fmax(ceil((target - double(base)) / double(each)), 1.0), double(cnt)));
+        while (r > 1 && double(base + (r - 1) * each) >= target) --r;
+        while (r < cnt && double(base + r * each) < target) ++r;
+      }
+      n = above + r;
+      return Cut{prefix, uint32_t(r)};
+    }
+  }
+  n = eligible;  // not reached
+  return kKeepAll;
+}
+
+// Writes the row's kept groups ascending, -1 up to the capacity, and the count.
+__device__ void compact_row(const RowView& v, SelShared& s, Cut cut, int32_t* out, long long capacity,
+                            int32_t* count) {
+  constexpr int kItems = 4;
+  u64 above_base = 0, tie_base = 0;
+  for (int base = 0; base < v.ng; base += kSelThreads * kItems) {
+    bool above[kItems], tie[kItems];
+    uint32_t na = 0, nt = 0;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int g = base + int(threadIdx.x) * kItems + i;
+      uint32_t key = 0;
+      float m;
+      const bool ok = g < v.ng && v.key(g, key, m);
+      above[i] = ok && key > cut.key;
+      tie[i] = ok && key == cut.key;
+      na += above[i], nt += tie[i];
+    }
+    u64 total;
+    const u64 ex = block_exclusive_scan<u64>(u64(na) | (u64(nt) << 32), total, s.scratch);
+    u64 a = above_base + (ex & 0xffffffffu), t = tie_base + (ex >> 32);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int g = base + int(threadIdx.x) * kItems + i;
+      if (above[i]) {
+        const u64 pos = a + min(t, u64(cut.tie_keep));
+        if (pos < u64(capacity)) out[pos] = g;
+        ++a;
+      } else if (tie[i]) {
+        if (t < cut.tie_keep && a + t < u64(capacity)) out[a + t] = g;
+        ++t;
+      }
+    }
+    above_base += total & 0xffffffffu;
+    tie_base += total >> 32;
+  }
+  const u64 n = min(above_base + min(tie_base, u64(cut.tie_keep)), u64(capacity));
+  for (long long i = static_cast<long long>(n) + threadIdx.x; i < capacity; i += kSelThreads) out[i] = -1;
+  if (threadIdx.x == 0) *count = int32_t(n);
+}
+
+// Pass row -> its view (builds the window bitmap in shared memory). Every thread of the CTA must call it.
+__device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitmap, bool density) {
+  const int qb = int(row % p.nq), head = p.h0 + int(row / p.nq);
+  RowView v;
+  v.mass = p.mass + row * p.ng;
+  v.ng = p.ng, v.key_group = p.key_group, v.tokens = p.tokens, v.density = density;
+  v.bitmap = nullptr;
+  if (p.win_counts != nullptr) {
+    for (int i = threadIdx.x; i < (p.ng + 31) / 32; i += kSelThreads) bitmap[i] = 0;
+    __syncthreads();
+    const int64_t wrow = int64_t(head) * p.nq + qb;
+    const long long listed = min(max(static_cast<long long>(p.win_counts[wrow]), 0ll), p.win_capacity);
+    const int32_t* list = p.win_table + wrow * p.win_capacity;
+    for (long long i = threadIdx.x; i < listed; i += kSelThreads) {
+      const int32_t g = list[i];
+      if (g >= 0 && g < p.ng) atomicOr(&bitmap[g >> 5], 1u << (g & 31));
+    }
+    __syncthreads();
+    v.bitmap = bitmap;
+  }
+  const int64_t first = int64_t(qb) * p.query_block;
+  const int64_t last = std::min<int64_t>(first + p.query_block, p.tokens) - 1;
+  v.diag_first = p.keep_diagonal ? int(first / p.key_group) : 1;
+  v.diag_last = p.keep_diagonal ? int(last / p.key_group) : 0;
+  v.text_first = p.text_first_group;
+  return v;
+}
+
+__device__ int64_t query_block_size(const SelectParams& p, int qb) {
+  return std::min<int64_t>(p.query_block, int64_t(p.tokens) - int64_t(qb) * p.query_block);
+}
+
+// One CTA per row of the pass: the rule's cut (target_sparsity: from the per-head search), the capacity limit, the
+// compaction.
+__global__ void __launch_bounds__(kSelThreads) select_rows_kernel(SelectParams p) {
+  __shared__ SelShared s;
+  extern __shared__ uint32_t window_bits[];
+  const int64_t row = blockIdx.x;
+  const int hl = int(row / p.nq), qb = int(row % p.nq);
+  const int64_t plan_row = int64_t(p.h0 + hl) * p.nq + qb;
+  const auto rule = static_cast<SelectionRule>(p.rule);
+  const RowView v = setup_row(p, row, window_bits, rule == SelectionRule::target_sparsity);
+
+  Cut cut = kKeepAll;
+  bool have_cut = false;
+  if (rule == SelectionRule::target_sparsity) {
+    const DynHeadState& st = p.head_state[hl];
+    cut = st.mode == 1   ? kKeepForced
+          : st.mode == 3 ? Cut{st.cut_key, st.tie_count <= 1 ? kAllTies : p.row_ties[row].keep}
+                         : kKeepAll;
+    have_cut = true;
+  } else if (rule == SelectionRule::threshold) {
+    cut = Cut{p.threshold_key, kAllTies};
+    have_cut = true;
+  }
+  const RowStats st = row_pass0(v, s, have_cut ? &cut : nullptr);
+  bool level0_ready = true;
+  u64 n = st.by_cut;
+  if (rule == SelectionRule::top_k) {
+    n = st.forced + min(u64(p.k), st.eligible - st.forced);
+  } else if (rule == SelectionRule::top_p) {
+    u64 n_p = 0;
+    cut = mass_select(v, s, p.p * double(st.mass), st.eligible, n_p);
+    level0_ready = false;
+    have_cut = true;
+    n = max(n_p, st.forced);
+    if (n > n_p) cut = kKeepForced;  // the always-kept groups alone reach p
+  }
+  if (n > u64(p.capacity) || !have_cut) {
+    n = min(n, u64(p.capacity));
+    cut = n == 0 ? kKeepNothing : n >= st.eligible ? kKeepAll : count_select(v, s, n, level0_ready);
+  }
+  compact_row(v, s, cut, p.table + plan_row * p.capacity, p.capacity, p.counts + plan_row);
+}
+
+// ---- target_sparsity: per-head weighted radix select over mass per key ----
+
+// Level `level`: each row adds its other eligible groups (keys starting with the head's prefix) to the head's
+// histogram, weighted by pairs; level 0 also counts the always-kept groups' pairs.
+__global__ void __launch_bounds__(kSelThreads) target_hist_kernel(SelectParams p, int level) {
+  __shared__ uint32_t cnt[kBins], weight[kBins];
+  __shared__ u64 scratch[kSelWarps];
+  extern __shared__ uint32_t window_bits[];
+  const int64_t row = blockIdx.x;
+  const int hl = int(row / p.nq), qb = int(row % p.nq);
+  DynHeadState& st = p.head_state[hl];
+  if (st.mode != 0) return;  // decided at an earlier level
+  const uint32_t prefix = st.prefix;
+  const RowView v = setup_row(p, row, window_bits, true);
+  const int nb = level == 0 ? kBins : 1024, shift = kShift[level], up = shift + kBits[level];
+  for (int i = threadIdx.x; i < nb; i += kSelThreads) cnt[i] = 0, weight[i] = 0;
+  __syncthreads();
+  u64 forced = 0;
+  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
+    uint32_t key;
+    float m;
+    if (!v.key(g, key, m)) continue;
+    if (key >= kForcedBit) {
+      forced += v.group_size(g);
+      continue;
+    }
+    if ((key >> up) != prefix) continue;
+    const int bin = int(key >> shift) & (nb - 1);
+    atomicAdd(&cnt[bin], 1u);
+    atomicAdd(&weight[bin], uint32_t(v.group_size(g)));
+  }
+  __syncthreads();
+  const u64 qs = u64(query_block_size(p, qb));
+  DynHeadHist& h = p.head_hist[hl];
+  for (int i = threadIdx.x; i < nb; i += kSelThreads)
+    if (cnt[i] != 0) {
+      atomicAdd(&h.count[i], cnt[i]);
+      atomicAdd(&h.weight[i], qs * weight[i]);
+    }
+  if (level == 0) {
+    const u64 f = block_sum<u64>(forced, scratch);
+    if (threadIdx.x == 0 && f != 0) atomicAdd(&st.forced_pairs, qs * f);
+  }
+}
+
+// One CTA per head: the bin of level `level` in which the head's pairs reach the budget.
+__global__ void __launch_bounds__(kSelThreads) target_scan_kernel(SelectParams p, int level) {
+  __shared__ SelShared s;
+  const int hl = blockIdx.x;
+  DynHeadState& st = p.head_state[hl];
+  if (st.mode != 0) return;
+  DynHeadHist& h = p.head_hist[hl];
+  const int nb = level == 0 ? kBins : 1024;
+  for (int i = threadIdx.x; i < nb; i += kSelThreads) {
+    s.cnt[i] = h.count[i], s.val[i] = h.weight[i];
+    h.count[i] = 0, h.weight[i] = 0;  // ready for the next level
+  }
+  __syncthreads();
+  double need = st.remaining;
+  if (level == 0) {
+    need = (1.0 - p.target_sparsity) * double(p.tokens) * double(p.tokens) - double(st.forced_pairs);
+    if (!(need > 0.0)) {  // the always-kept groups alone meet the budget
+      if (threadIdx.x == 0) st.mode = 1;
+      return;
+    }
+  }
+  find_crossing(s, nb, [&](int b) { return s.val[b]; }, 0, need);
+  if (threadIdx.x == 0) {
+    if (!s.cross.found) {  // only at level 0: every eligible group is needed
+      st.mode = 2;
+    } else {
+      st.remaining = need - double(s.cross.above_val);
+      st.prefix = (st.prefix << kBits[level]) | uint32_t(s.cross.bin);
+      if (level == 2) {
+        st.mode = 3;
+        st.cut_key = st.prefix;
+        st.tie_count = s.cnt[s.cross.bin];
+      }
+    }
+  }
+}
+
+// Rows with pairs at the cut-off key (when there are several): how many and their weight.
+__global__ void __launch_bounds__(kSelThreads) target_ties_kernel(SelectParams p) {
+  __shared__ u64 scratch[kSelWarps];
+  extern __shared__ uint32_t window_bits[];
+  const int64_t row = blockIdx.x;
+  const DynHeadState& st = p.head_state[row / p.nq];
+  if (st.mode != 3 || st.tie_count <= 1) return;
+  const RowView v = setup_row(p, row, window_bits, true);
+  u64 ties = 0, weight = 0;
+  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
+    uint32_t key;
+    float m;
+    if (v.key(g, key, m) && key == st.cut_key) ++ties, weight += v.group_size(g);
+  }
+  ties = block_sum<u64>(ties, scratch);
+  weight = block_sum<u64>(weight, scratch);
+  if (threadIdx.x == 0)
+    p.row_ties[row] = DynRowTies{uint32_t(ties), 0, u64(query_block_size(p, int(row % p.nq))) * weight};
+}
+
+// One CTA per head: the ties are taken in (query block, group) order until the budget is met; each row learns how
+// many of its ties it keeps. Within a row every tie but the last group weighs query_block_size * key_group.
+__global__ void __launch_bounds__(kSelThreads) target_tie_split_kernel(SelectParams p) {
+  __shared__ u64 scratch[kSelWarps];
+  const int hl = blockIdx.x;
+  const DynHeadState& st = p.head_state[hl];
+  if (st.mode != 3 || st.tie_count <= 1) return;
+  const double remaining = st.remaining;
+  u64 before = 0;
+  for (int qb0 = 0; qb0 < p.nq; qb0 += kSelThreads) {
+    const int qb = qb0 + int(threadIdx.x);
+    const int64_t row = int64_t(hl) * p.nq + qb;
+    const DynRowTies rt = qb < p.nq ? p.row_ties[row] : DynRowTies{0, 0, 0};
+    u64 total;
+    const u64 ex = block_exclusive_scan<u64>(rt.weight, total, scratch);
+    if (qb < p.nq) {
+      const double x = remaining - double(before + ex);  // tie i of the row is kept iff i * w < x
+      u64 keep = 0;
+      if (x > 0.0 && rt.ties > 0) {
+        const u64 w = u64(query_block_size(p, qb)) * u64(min(p.key_group, p.tokens));
+        keep = u64(fmin(ceil(x / double(w)), double(rt.ties)));
+        while (keep > 1 && double((keep - 1) * w) >= x) --keep;
+        while (keep < rt.ties && double(keep * w) < x) ++keep;
+        keep = max(keep, u64(1));
+      }
+      p.row_ties[row].keep = uint32_t(keep);
+    }
+    before += total;
+  }
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace tileattn
