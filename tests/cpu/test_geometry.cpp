@@ -1,9 +1,11 @@
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <numeric>
 #include <random>
 #include <set>
 
+#include "tileattn/detail/tile_grid.hpp"
 #include "tileattn/error.hpp"
 #include "tileattn/geometry.hpp"
 
@@ -118,5 +120,43 @@ TEST(Window, ValidationNamesTheArgument) {
     } catch (const ArgumentError& e) {
       EXPECT_EQ(e.argument(), "windows[4]");
     }
+  }
+}
+
+// The kernels' tile arithmetic (detail::TileGrid, TileBlocks, VideoMapExtents) against the host geometry, on random
+// shapes with power-of-two tile planes as the kernels require.
+TEST(TileGrid, MatchesVideoGeometryOnRandomShapes) {
+  std::mt19937 rng(11);
+  auto r = [&](int lo, int hi) { return int(std::uniform_int_distribution<int>(lo, hi)(rng)); };
+  for (int trial = 0; trial < 60; ++trial) {
+    const int tile_h = 1 << r(1, 3), tile_w = 1 << r(1, 3), tile_t = r(1, 6);
+    const VideoGeometry g({r(1, 13), r(1, 33), r(1, 33)}, {tile_t, tile_h, tile_w});
+    const detail::TileGrid grid{tile_t, tile_h, tile_w, std::countr_zero(unsigned(tile_w)),
+                                std::countr_zero(unsigned(tile_h * tile_w)), int(g.grid().t), int(g.grid().h),
+                                int(g.grid().w)};
+    ASSERT_EQ(grid.num_tiles(), g.num_tiles());
+    for (int tile = 0; tile < grid.num_tiles(); ++tile) {
+      const detail::TileCoord c = grid.tile_coord(tile);
+      ASSERT_EQ((Extent3{c.t, c.h, c.w}), g.tile_coord(tile));
+      ASSERT_EQ(grid.tile_index(c.t, c.h, c.w), tile);
+    }
+    for (int row = 0; row < tile_t * tile_h * tile_w; ++row) {
+      const detail::TileCoord c = grid.row_in_tile(row);
+      ASSERT_EQ((Extent3{c.t, c.h, c.w}), (Extent3{row / (tile_h * tile_w), row / tile_w % tile_h, row % tile_w}));
+    }
+    // Natural order: the map axes are (w, h, t) of the video.
+    const detail::VideoMapExtents video{int(g.video().w), int(g.video().h), int(g.video().t)};
+    const Extent3 token{r(0, int(g.video().t) - 1), r(0, int(g.video().h) - 1), r(0, int(g.video().w) - 1)};
+    EXPECT_EQ(video.token(int(token.w), int(token.h), int(token.t)), g.natural_index(token));
+    EXPECT_TRUE(video.contains(int(token.w), int(token.h), int(token.t)));
+    EXPECT_FALSE(video.contains(int(token.w), int(token.h), int(g.video().t)));
+    // Blocks of one frame: the last tile along t holds as many as it has frames.
+    const int last_frames = int(g.video().t - (g.grid().t - 1) * tile_t);
+    const detail::TileBlocks frames{1, tile_t, last_frames};
+    EXPECT_EQ(frames.in_tile(grid, grid.grid_t - 1), last_frames);
+    EXPECT_EQ(frames.in_tile(grid, 0), grid.grid_t == 1 ? last_frames : tile_t);
+    EXPECT_TRUE(frames.empty(grid, grid.grid_t - 1, last_frames));
+    EXPECT_FALSE(frames.empty(grid, grid.grid_t - 1, last_frames - 1));
+    if (grid.grid_t > 1) EXPECT_FALSE(frames.empty(grid, 0, tile_t - 1));
   }
 }
