@@ -1,8 +1,9 @@
 #pragma once
 // Mainloop of the STA backward kernel (FA3 structure, transposed so that a CTA's key rows are the wgmma M side).
 //  Producer (one thread of warpgroup 0): loads the CTA's K and V block once, then for every query block that visits
-//  it (QueryBlockWalker, bwd/query_walk.cuh) issues TMA loads of Q and dO (64 rows) into a ring of `kStages` stages guarded by full/empty
-//  mbarriers. Each consumer thread reads the LSE and dot(dO, O) of its 16 query columns from the workspace itself.
+//  it (QueryBlockWalker, bwd/query_walk.cuh) issues TMA loads of Q and dO (64 rows) into a ring of `kStages` stages
+//  guarded by full/empty mbarriers. Each consumer thread reads the LSE and dot(dO, O) of its 16 query columns from the
+//  workspace itself.
 //  Consumers (warpgroups 1..2, 64 key rows each), per query block:
 //    S^T  = K Q^T            (SS)     P^T = exp2(S^T * scale_log2 - lse_log2)   (rows of invalid keys: 0)
 //    dP^T = V dO^T           (SS)     dS^T = P^T * (dP^T - dsum)
@@ -49,6 +50,7 @@ struct BackwardMainloop {
   using AccumulateMma = typename MmaRS<Element, kHeadDim>::Op;           // dV, dK
   using DqMma = typename MmaSSTransposed<Element, kHeadDim / 2>::Op;     // dQ half
   using ScoreFragment = AccFragment<kBwdQueryRows>;  // S^T, dP^T: key rows x query columns
+  using DqFragment = AccFragment<kHeadDim / 2>;      // a dQ half: query rows x D/2 columns
 
   // ---- producer: one thread ----
   template <class Storage>
@@ -222,8 +224,9 @@ struct BackwardMainloop {
         if (thread == 0) tma_store_wait_read();  // the previous reduction has finished reading the stage
         named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
 #pragma unroll
-        for (int e2 = 0; e2 < kDq / 2; ++e2)
-          *reinterpret_cast<float2*>(dq_stage + (e2 * 128 + thread) * 8) = make_float2(dq[2 * e2], dq[2 * e2 + 1]);
+        for (int pair = 0; pair < DqFragment::kPairs; ++pair)
+          *reinterpret_cast<float2*>(dq_stage + (pair * 128 + thread) * 8) =
+              make_float2(dq[2 * pair], dq[2 * pair + 1]);
         fence_proxy_async_smem();
         named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
         if (thread == 0) {
@@ -251,11 +254,11 @@ struct BackwardMainloop {
     named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);
     float2* dst = reinterpret_cast<float2*>(dq_global);
 #pragma unroll
-    for (int e2 = 0; e2 < kDq / 2; ++e2) {
-      float2 old = __ldcg(dst + e2 * 128 + thread);
-      old.x += dq[2 * e2];
-      old.y += dq[2 * e2 + 1];
-      __stcg(dst + e2 * 128 + thread, old);
+    for (int pair = 0; pair < DqFragment::kPairs; ++pair) {
+      float2 old = __ldcg(dst + pair * 128 + thread);
+      old.x += dq[2 * pair];
+      old.y += dq[2 * pair + 1];
+      __stcg(dst + pair * 128 + thread, old);
     }
     __threadfence();
     named_barrier_sync(NamedBarrier::kDqStage, 128, warpgroup);

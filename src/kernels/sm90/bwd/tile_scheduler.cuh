@@ -78,7 +78,8 @@ __device__ __forceinline__ bool query_row_token(const StaBackwardParams& p, int 
   if (g.tile_major) {
     x1 = r.w, x2 = r.h, x3 = tile * g.grid.tile_t + sub * g.query.frames + r.t;
   } else {
-    x1 = c.w * g.grid.tile_w + r.w, x2 = c.h * g.grid.tile_h + r.h, x3 = c.t * g.grid.tile_t + sub * g.query.frames + r.t;
+    x1 = c.w * g.grid.tile_w + r.w, x2 = c.h * g.grid.tile_h + r.h;
+    x3 = c.t * g.grid.tile_t + sub * g.query.frames + r.t;
   }
   token = g.extents.token(x1, x2, x3);
   return g.extents.contains(x1, x2, x3) && (c.t < g.grid.grid_t - 1 || sub < g.query.last_tile);
