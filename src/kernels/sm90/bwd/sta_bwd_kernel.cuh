@@ -97,9 +97,7 @@ __device__ void store_key_gradients(const StaBackwardParams& p, Storage& sm, con
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_backward_kernel(const __grid_constant__ StaBackwardParams p) {
   using Loop = BackwardMainloop<Cfg>;
-  extern __shared__ uint8_t smem_raw[];
-  auto& sm =
-      *reinterpret_cast<BackwardStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  auto& sm = shared_storage<BackwardStorage<Cfg>>();
   const KeyBlockTask kb = key_block_of(p, blockIdx.x);
   if (kb.empty) return;  // uniform across the CTA, before any barrier
   if (threadIdx.x == 0) {
@@ -186,13 +184,12 @@ __global__ void __launch_bounds__(128) sta_backward_postprocess(const __grid_con
 template <class Element, int HeadDim, bool Deterministic>
 void launch_backward(const kernels::StaBackwardLaunch& l, cudaStream_t stream) {
   using Cfg = StaBackwardConfig<Element, HeadDim, Deterministic>;
-  constexpr int kSmem = sizeof(BackwardStorage<Cfg>) + 1024;
-  static_assert(kSmem <= 227 * 1024, "shared memory of the backward configuration exceeds 227 KB");
-  launch_kernel("sta_backward: preprocess", sta_backward_preprocess<Element, HeadDim>, l.num_query_chunks, kBwdQueryRows, 0, stream,
-                l.params);
-  launch_kernel("sta_backward: main", sta_backward_kernel<Cfg>, l.num_key_ctas, Cfg::kThreads, kSmem, stream, l.params);
-  launch_kernel("sta_backward: postprocess", sta_backward_postprocess<Element, HeadDim>, l.num_query_chunks, 128, 0, stream,
-                l.params);
+  launch_kernel("sta_backward: preprocess", sta_backward_preprocess<Element, HeadDim>, l.num_query_chunks,
+                kBwdQueryRows, 0, stream, l.params);
+  launch_with_storage<BackwardStorage<Cfg>>("sta_backward: main", sta_backward_kernel<Cfg>, l.num_key_ctas,
+                                            Cfg::kThreads, stream, l.params);
+  launch_kernel("sta_backward: postprocess", sta_backward_postprocess<Element, HeadDim>, l.num_query_chunks, 128, 0,
+                stream, l.params);
 }
 
 }  // namespace tileattn::sm90

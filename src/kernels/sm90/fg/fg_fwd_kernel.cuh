@@ -49,8 +49,7 @@ struct FgSharedStorage {
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) fg_forward_kernel(const __grid_constant__ FgKernelParams p) {
   using Consumer = ForwardConsumer<Cfg>;
-  extern __shared__ uint8_t smem_raw[];
-  auto& sm = *reinterpret_cast<FgSharedStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  auto& sm = shared_storage<FgSharedStorage<Cfg>>();
   const FgQueryBlock q = fg_query_block(p, blockIdx.x);
 
   // K full: the TMA bytes and lane 0's arrival, or the 32 lanes' cp.async arrivals + lane 0's release of the
@@ -74,9 +73,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fg_forward_kernel(const __gr
 
 template <class Cfg>
 void launch_fg(const FgKernelParams& params, int64_t num_ctas, cudaStream_t stream) {
-  constexpr int kSmem = sizeof(FgSharedStorage<Cfg>) + 1024;  // + alignment slack
-  static_assert(kSmem <= 227 * 1024, "shared memory of the configuration exceeds the 227 KB an H100 CTA can have");
-  launch_kernel("fg_forward", fg_forward_kernel<Cfg>, num_ctas, Cfg::kThreads, kSmem, stream, params);
+  launch_with_storage<FgSharedStorage<Cfg>>("fg_forward", fg_forward_kernel<Cfg>, num_ctas, Cfg::kThreads, stream,
+                                            params);
 }
 
 }  // namespace tileattn::sm90

@@ -71,8 +71,7 @@ struct StaQueryOutput {
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_forward_kernel(const __grid_constant__ StaKernelParams p) {
   using Consumer = ForwardConsumer<Cfg>;
-  extern __shared__ uint8_t smem_raw[];
-  auto& sm = *reinterpret_cast<SharedStorage<Cfg>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  auto& sm = shared_storage<SharedStorage<Cfg>>();
 
   const QueryBlock q = query_block_of(p, blockIdx.x);
   if (q.empty) return;  // uniform across the CTA, before any barrier
@@ -94,9 +93,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_forward_kernel(const __g
 
 template <class Cfg>
 void launch(const StaKernelParams& params, int64_t num_ctas, cudaStream_t stream) {
-  constexpr int kSmem = sizeof(SharedStorage<Cfg>) + 1024;  // + alignment slack
-  static_assert(kSmem <= 227 * 1024, "shared memory of the configuration exceeds the 227 KB an H100 CTA can have");
-  launch_kernel("sta_forward", sta_forward_kernel<Cfg>, num_ctas, Cfg::kThreads, kSmem, stream, params);
+  launch_with_storage<SharedStorage<Cfg>>("sta_forward", sta_forward_kernel<Cfg>, num_ctas, Cfg::kThreads, stream,
+                                          params);
 }
 
 }  // namespace tileattn::sm90
