@@ -5,8 +5,10 @@
 #include <cstdint>
 
 #include "tileattn/detail/window_rule.hpp"  // TILEATTN_HOST_DEVICE
+#include "tileattn/export.hpp"
 
-namespace tileattn::detail {
+namespace TILEATTN_EXPORT tileattn {
+namespace detail {
 
 // (t, h, w): a tile of the grid, or a token's place inside its tile.
 struct TileCoord {
@@ -60,4 +62,5 @@ struct VideoMapExtents {
   TILEATTN_HOST_DEVICE int64_t token(int c1, int c2, int c3) const { return (int64_t(c3) * x2 + c2) * x1 + c1; }
 };
 
-}  // namespace tileattn::detail
+}  // namespace detail
+}  // namespace tileattn
