@@ -2,12 +2,12 @@
 # Same-run timing of two builds of tileattn on the device: the CLI's `bench` (CUDA events, median of --reps after
 # warm-up) for the STA forward/backward and the FG forward, alternating the builds round by round (A B, B A, ...) so
 # clock and thermal drift fall on both alike. Writes $OUT/compare_builds.json (per key: every round's time for each
-# build, the medians and after/before) and prints a table.
+# build, the medians and after/before) and prints a table; the rounds' own files stay in /tmp/compare_builds.
 #   tools/device_compare_builds.sh BEFORE_DIR AFTER_DIR [ROUNDS]
 # Each DIR holds a tileattn CLI and the libtileattn.so it was built with (e.g. .carry/before, .carry/bin).
 set -euo pipefail
 before=$1 after=$2 rounds=${3:-5}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/compare"
+OUT=${OUT:-/tmp/out}; work=/tmp/compare_builds; rm -rf "$work"; mkdir -p "$OUT" "$work"  # few files come back: rounds stay in $work
 configs=(
   "sta      --windows 3x3x3,5x5x5 --backward"
   "sta_text --windows 3x3x3 --text 256"
@@ -21,18 +21,18 @@ for r in $(seq 1 "$rounds"); do
       read -r name args <<<"$c"
       # shellcheck disable=SC2086
       LD_LIBRARY_PATH=$dir "$dir/tileattn" bench $args --warmup 3 --reps 10 \
-        --json "$OUT/compare/${tag}_${name}_r$r.json" > "$OUT/compare/${tag}_${name}_r$r.log" 2>&1 \
-        || { echo "$tag $name round $r failed:"; tail -5 "$OUT/compare/${tag}_${name}_r$r.log"; exit 1; }
+        --json "$work/${tag}_${name}_r$r.json" > "$work/${tag}_${name}_r$r.log" 2>&1 \
+        || { echo "$tag $name round $r failed:"; tail -5 "$work/${tag}_${name}_r$r.log"; exit 1; }
     done
   done
   echo "round $r done"
 done
-python3 - "$OUT" "$rounds" <<'EOF'
+python3 - "$OUT" "$rounds" "$work" <<'EOF'
 import glob, json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 times = {}
 for tag in ("before", "after"):
-    for path in sorted(glob.glob(f"{out}/compare/{tag}_*_r*.json")):
+    for path in sorted(glob.glob(f"{work}/{tag}_*_r*.json")):
         for key, value in json.load(open(path)).items():
             if key.endswith("_ms") and not key.startswith("fg_mask_build"):
                 times.setdefault(key, {"before": [], "after": []})[tag].append(value)
