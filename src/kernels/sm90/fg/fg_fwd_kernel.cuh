@@ -40,7 +40,7 @@ struct FgSharedStorage {
   alignas(1024) typename Cfg::Element k[Cfg::kStages][kKeyElems];
   alignas(1024) typename Cfg::Element v[Cfg::kStages][kKeyElems];
   alignas(16) uint8_t member[Cfg::kStages][Cfg::kBlockN];  // per gathered row: the sub-blocks that may see it
-  int mask_flag[Cfg::kStages];                             // some row of the tile is not seen by every sub-block
+  alignas(4) uint8_t mask_flag[Cfg::kStages][4];  // per producer warp: some row of its slice is not seen by every sub-block
   uint64_t q_full;
   uint64_t k_full[Cfg::kStages], k_empty[Cfg::kStages];
   uint64_t v_full[Cfg::kStages], v_empty[Cfg::kStages];
@@ -52,10 +52,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fg_forward_kernel(const __gr
   auto& sm = shared_storage<FgSharedStorage<Cfg>>();
   const FgQueryBlock q = fg_query_block(p, blockIdx.x);
 
-  // K full: the TMA bytes and lane 0's arrival, or the 32 lanes' cp.async arrivals + lane 0's release of the
-  // membership bytes; V full: likewise without the bytes. K empty: every consumer thread (they read those bytes).
+  // K full: the TMA bytes and lane 0's arrival, or the 128 producer threads' cp.async arrivals + each warp's lane 0
+  // releasing its membership bytes; V full: likewise without the bytes. K empty: every consumer thread (they read those bytes).
   const bool tma = p.gather.tma_rows != 0;
-  init_pipeline_barriers<Cfg::kStages>(sm, tma ? 1 : 33, tma ? 1 : 32, 256);
+  init_pipeline_barriers<Cfg::kStages>(sm, tma ? 1 : 4 * 33, tma ? 1 : 128, 256);
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {

@@ -1,14 +1,14 @@
 #pragma once
 // The FG-Attn side of the forward mainloop: what differs from STA is only what is loaded and how.
-//  Producer (warpgroup 0): warp 0 loads the Q tile by TMA; warps 0 .. kStages-1 each own one pipeline stage and
-//  gather the key rows of every kStages-th tile of the CTA's list with 16-byte cp.async copies straight into the
-//  128-byte-swizzled layout wgmma reads (the layout TMA would write). Rows no query of the CTA may see (past the list,
-//  past the tokens, or in no sub-block's list) are zero-filled and flagged. Each lane's copies arrive on the stage's
-//  full barrier when they land (cp.async.mbarrier.arrive.noinc), so a warp never waits for its own copies; as in
-//  CUTLASS's cp.async + wgmma mainloops, the consumers read the tiles with wgmma right after the barrier.
-//  With N a multiple of 8 the rows come in 8-row runs of one group each, and the warp issues one TMA box of 8 rows
-//  per run and head-dim atom instead (16 lanes x 2 atoms per tile), which keeps far more bytes in flight than the
-//  LSU path.
+//  Producer (warpgroup 0): warp 0 loads the Q tile by TMA. The key rows of the CTA's list are gathered by all four
+//  producer warps together, tile by tile, warp w copying rows [32 w, 32 w + 32) of each 128-row tile with 16-byte
+//  cp.async copies straight into the 128-byte-swizzled layout wgmma reads (the layout TMA would write). Rows no query
+//  of the CTA may see (past the list, past the tokens, or in no sub-block's list) are zero-filled and flagged. Each
+//  lane's copies arrive on the stage's full barrier when they land (cp.async.mbarrier.arrive.noinc), so a warp never
+//  waits for its own copies; as in CUTLASS's cp.async + wgmma mainloops, the consumers read the tiles with wgmma right
+//  after the barrier. With N a multiple of 8 the rows come in 8-row runs of one group each, and warps
+//  0 .. kStages-1 each own one stage and issue one TMA box of 8 rows per run and head-dim atom instead (16 lanes x 2
+//  atoms per tile), which keeps far more bytes in flight than the LSU path.
 //  Consumers: the forward's (common/consumer.cuh), with FgKeyTiles as their view of the plan: a tile is masked
 //  only when the producer flagged it.
 #include "kernels/fg_kernel_params.hpp"
@@ -70,7 +70,7 @@ struct FgProducer {
   static constexpr int kRowsPerCopy = 32 / kChunksPerRow;        // rows one warp-wide cp.async covers
   static constexpr int kKeyAtomBytes = Tiles::kKeyAtomBytes;
   static constexpr int kAtoms = Tiles::kAtoms;
-  static_assert(kStages <= 4, "one producer warp per stage");
+  static_assert(kStages <= 4, "TMA path: one producer warp per stage");
 
   template <class Storage>
   static __device__ void produce(const FgKernelParams& params, Storage& sm, const FgQueryBlock& q) {
@@ -83,17 +83,59 @@ struct FgProducer {
         tma_load_3d(sm.q + a * Tiles::kQueryAtomBytes / sizeof(*sm.q), &p.q_tokens, &sm.q_full, a * 64,
                     q.first_row(), q.batch * p.q_heads + q.head);
     }
-    if (warp >= kStages) return;
     const int kv_head = q.head / p.kv_group;
+    const FgRow row = fg_row(g, q.head, q.index);
+    if (g.tma_rows != 0) {
+      if (warp < kStages) produce_tma(p, g, sm, row, q.batch * (p.q_heads / p.kv_group) + kv_head, warp, lane);
+      return;
+    }
     const char* k_base = g.k + q.batch * g.k_batch_stride + kv_head * g.k_head_stride;
     const char* v_base = g.v + q.batch * g.v_batch_stride + kv_head * g.v_head_stride;
-    const FgRow row = fg_row(g, q.head, q.index);
     const int tokens = p.num_tokens;
     const uint32_t all_rows = g.membership != nullptr ? (1u << (kernels::kQueryBlockRows / g.query_block)) - 1 : 1u;
-    const int stage = warp;
-    for (int i = warp; i < row.tiles; i += kStages) {
+    // The whole warpgroup gathers every tile, warp w rows [32 w, 32 w + 32): a released stage is refilled by 128
+    // threads at once instead of by one warp's serial chain of 128 copies per lane.
+    for (int i = 0; i < row.tiles; ++i) {
+      const int stage = i % kStages;
       const uint32_t phase = (i / kStages) & 1;
-      // The tile's positions first: these loads do not need the stage, so their latency hides behind the wait.
+      // The row's position first: this load does not need the stage, so its latency hides behind the wait.
+      const int index = i * kFgKeyRows + 32 * warp + lane;
+      uint32_t member = 0;
+      int position = -1;
+      if (index < row.length) {
+        const int entry = index / g.key_group;
+        const int group = __ldg(row.groups + entry);
+        const int64_t pos = int64_t(group) * g.key_group + (index - entry * g.key_group);
+        if (group >= 0 && group < g.num_key_groups && pos < tokens) {
+          member = row.membership != nullptr ? __ldg(row.membership + entry) : 1u;
+          if (member != 0) position = int(pos);
+        }
+      }
+      const bool partial = __any_sync(0xffffffffu, member != all_rows);
+      mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
+      sm.member[stage][32 * warp + lane] = uint8_t(member);
+      if (lane == 0) sm.mask_flag[stage][warp] = partial ? 1 : 0;
+      gather(k_base, g.k_token_stride, position, smem_addr(sm.k[stage]) + warp * 32 * 128);
+      cp_async_arrive(&sm.k_full[stage]);
+      __syncwarp();  // the membership bytes and the flag, released by lane 0's ordinary arrival
+      if (lane == 0) mbarrier_arrive(&sm.k_full[stage]);
+      mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
+      gather(v_base, g.v_token_stride, position, smem_addr(sm.v[stage]) + warp * 32 * 128);
+      cp_async_arrive(&sm.v_full[stage]);
+    }
+    cp_async_wait_all();  // no copy outlives its issuing thread
+  }
+
+  // N a multiple of 8: warp `stage` owns one pipeline stage and loads every kStages-th tile, one TMA box of 8 rows per
+  // run (lane l < 16: rows [8 l, 8 l + 8) of the tile, one run of one group; an unused run reads past the tokens,
+  // which TMA fills with zeros).
+  template <class Storage>
+  static __device__ void produce_tma(const AttentionParams& p, const FgGatherParams& g, Storage& sm, const FgRow& row,
+                                     int kv_bh, int stage, int lane) {
+    const int tokens = p.num_tokens;
+    const uint32_t all_rows = g.membership != nullptr ? (1u << (kernels::kQueryBlockRows / g.query_block)) - 1 : 1u;
+    for (int i = stage; i < row.tiles; i += kStages) {
+      const uint32_t phase = (i / kStages) & 1;
       int position[4];
       uint32_t member[4];
       bool partial = false;
@@ -117,62 +159,44 @@ struct FgProducer {
       mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
 #pragma unroll
       for (int m = 0; m < 4; ++m) sm.member[stage][lane + 32 * m] = uint8_t(member[m]);
-      if (lane == 0) sm.mask_flag[stage] = partial ? 1 : 0;
-      if (g.tma_rows != 0) {
-        // Lane l < 16 copies rows [8 l, 8 l + 8), one run of one group; an unused run reads past the tokens, which
-        // TMA fills with zeros.
-        int run = -1;
+      if (lane == 0) *reinterpret_cast<uint32_t*>(sm.mask_flag[stage]) = partial ? 1u : 0u;
+      int run = -1;
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-          const int v = __shfl_sync(0xffffffffu, position[m], (8 * lane) % 32);
-          if ((8 * lane) / 32 == m) run = v;
-        }
-        const int row_coord = run >= 0 ? run : tokens;
-        const int kv_bh = q.batch * (p.q_heads / p.kv_group) + kv_head;
-        __syncwarp();  // the membership bytes, released by lane 0's arrival
-        if (lane == 0) mbarrier_arrive_expect_tx(&sm.k_full[stage], kAtoms * kKeyAtomBytes);
-        __syncwarp();
-        if (lane < 16)
-          for (int a = 0; a < kAtoms; ++a)
-            tma_load_3d(sm.k[stage] + (a * kKeyAtomBytes + lane * 8 * 128) / sizeof(*sm.k[stage]), &g.k_rows,
-                        &sm.k_full[stage], a * 64, row_coord, kv_bh);
-        mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
-        if (lane == 0) mbarrier_arrive_expect_tx(&sm.v_full[stage], kAtoms * kKeyAtomBytes);
-        __syncwarp();
-        if (lane < 16)
-          for (int a = 0; a < kAtoms; ++a)
-            tma_load_3d(sm.v[stage] + (a * kKeyAtomBytes + lane * 8 * 128) / sizeof(*sm.v[stage]), &g.v_rows,
-                        &sm.v_full[stage], a * 64, row_coord, kv_bh);
-        continue;
+      for (int m = 0; m < 4; ++m) {
+        const int v = __shfl_sync(0xffffffffu, position[m], (8 * lane) % 32);
+        if ((8 * lane) / 32 == m) run = v;
       }
-      gather(k_base, g.k_token_stride, position, smem_addr(sm.k[stage]));
-      cp_async_arrive(&sm.k_full[stage]);
-      __syncwarp();  // the membership bytes, released by lane 0's ordinary arrival
-      if (lane == 0) mbarrier_arrive(&sm.k_full[stage]);
+      const int row_coord = run >= 0 ? run : tokens;
+      __syncwarp();  // the membership bytes, released by lane 0's arrival
+      if (lane == 0) mbarrier_arrive_expect_tx(&sm.k_full[stage], kAtoms * kKeyAtomBytes);
+      __syncwarp();
+      if (lane < 16)
+        for (int a = 0; a < kAtoms; ++a)
+          tma_load_3d(sm.k[stage] + (a * kKeyAtomBytes + lane * 8 * 128) / sizeof(*sm.k[stage]), &g.k_rows,
+                      &sm.k_full[stage], a * 64, row_coord, kv_bh);
       mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
-      gather(v_base, g.v_token_stride, position, smem_addr(sm.v[stage]));
-      cp_async_arrive(&sm.v_full[stage]);
+      if (lane == 0) mbarrier_arrive_expect_tx(&sm.v_full[stage], kAtoms * kKeyAtomBytes);
+      __syncwarp();
+      if (lane < 16)
+        for (int a = 0; a < kAtoms; ++a)
+          tma_load_3d(sm.v[stage] + (a * kKeyAtomBytes + lane * 8 * 128) / sizeof(*sm.v[stage]), &g.v_rows,
+                      &sm.v_full[stage], a * 64, row_coord, kv_bh);
     }
-    cp_async_wait_all();  // no copy outlives its issuing thread
   }
 
-  // Copies the 128 rows whose positions the warp holds (row lane + 32 m in position[m] of that lane; -1: zero row).
-  static __device__ __forceinline__ void gather(const char* base, int64_t token_stride, const int (&position)[4],
-                                                uint32_t tile) {
+  // Copies the warp's 32 rows of a tile (`slice` = the tile's address + 32 rows; row r32 at lane r32's position,
+  // -1: zero row). The slice starts on an 8-row boundary, so the swizzle phase is the row within the slice.
+  static __device__ __forceinline__ void gather(const char* base, int64_t token_stride, int position, uint32_t slice) {
     const int lane = threadIdx.x % 32, chunk = lane % kChunksPerRow;
     const uint32_t column_bytes = swizzled_offset(0, chunk * 8, kKeyAtomBytes);  // the row-independent part
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-#pragma unroll 2
-      for (int it = 0; it < 32 / kRowsPerCopy; ++it) {
-        const int r32 = it * kRowsPerCopy + lane / kChunksPerRow;  // row within this 32-row slice
-        const int r = 32 * m + r32;
-        const int pos = __shfl_sync(0xffffffffu, position[m], r32);
-        const char* src = base + (pos >= 0 ? int64_t(pos) * token_stride + chunk * 16 : 0);
-        // 128-byte swizzle: the 16-byte chunk index is XORed with the row within its 8-row group.
-        const uint32_t dst = tile + r * 128 + (column_bytes ^ ((r % 8) * 16));
-        cp_async_16(dst, src, pos >= 0 ? 16u : 0u);
-      }
+#pragma unroll 4
+    for (int it = 0; it < 32 / kRowsPerCopy; ++it) {
+      const int r32 = it * kRowsPerCopy + lane / kChunksPerRow;  // row within this 32-row slice
+      const int pos = __shfl_sync(0xffffffffu, position, r32);
+      const char* src = base + (pos >= 0 ? int64_t(pos) * token_stride + chunk * 16 : 0);
+      // 128-byte swizzle: the 16-byte chunk index is XORed with the row within its 8-row group.
+      const uint32_t dst = slice + r32 * 128 + (column_bytes ^ ((r32 % 8) * 16));
+      cp_async_16(dst, src, pos >= 0 ? 16u : 0u);
     }
   }
 };
@@ -195,7 +219,7 @@ struct FgKeyTiles {
   __device__ __forceinline__ int count() const { return tiles; }
   template <class Storage>
   __device__ __forceinline__ void mask(Storage& sm, int stage, float (&s)[kScores]) const {
-    if (!sm.mask_flag[stage]) return;
+    if (*reinterpret_cast<const uint32_t*>(sm.mask_flag[stage]) == 0) return;
     const uint8_t* member = sm.member[stage];
 #pragma unroll
     for (int j = 0; j < Fragment::kPairs; ++j) {  // scores 2j, 2j + 1: columns c, c + 1 of both rows
