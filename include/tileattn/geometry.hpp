@@ -13,8 +13,10 @@
 #include <vector>
 
 #include "tileattn/checked.hpp"
+#include "tileattn/detail/tile_grid.hpp"
 #include "tileattn/detail/window_rule.hpp"
 #include "tileattn/export.hpp"
+#include "tileattn/types.hpp"
 
 namespace TILEATTN_EXPORT tileattn {
 
@@ -59,8 +61,16 @@ class VideoGeometry {
   // True when every tile is full (the video shape is a multiple of the tile shape).
   bool tiles_exact() const;
 
+  // The tile grid as the kernels address it: tile index <-> tile coordinates (tile_index and tile_coord below are
+  // its arithmetic). Its log2 fields are exact for power-of-two tile_h and tile_w, as the GPU kernels' tiles are.
+  detail::TileGrid tile_grid() const;
+  // Sizes of the video part's map axes for `layout` (the kernels' tensor-map view; tile-major assumes whole tiles).
+  detail::VideoMapExtents map_extents(TokenLayout layout) const;
+
   int64_t tile_index(const Extent3& tile_coord) const;
   Extent3 tile_coord(int64_t tile_index) const;
+  // Coordinate of the tile that holds video token `token` (a coordinate in tokens).
+  Extent3 tile_of(const Extent3& token) const { return {token.t / tile_.t, token.h / tile_.h, token.w / tile_.w}; }
   // Coordinate (in tokens) of the tile's first token.
   Extent3 tile_origin(const Extent3& tile_coord) const;
   // Number of valid tokens along each axis of the tile (smaller than the tile shape at the far edges).

@@ -9,6 +9,7 @@
 
 #include "core/dynamic_mask_checks.hpp"
 #include "core/parallel_for.hpp"
+#include "core/softmax_scale.hpp"
 #include "reference/attention_shape.hpp"
 #include "tileattn/error.hpp"
 
@@ -30,7 +31,7 @@ ColumnMass estimate_column_mass(const AttentionShape& s, std::span<const float> 
   const ColumnPlanShape shape{s.tokens, s.q_heads, query_block, key_group};
   shape.validate();
   const int64_t n = s.tokens, d = s.head_dim, nq = shape.num_query_blocks(), ng = shape.num_key_groups();
-  const double sc = scale != 0.0f ? double(scale) : 1.0 / std::sqrt(double(d));
+  const double sc = detail::softmax_scale<double>(scale, d);
   ColumnMass result{shape, std::vector<double>(shape.num_rows() * ng, 0.0)};
   detail::parallel_for(shape.num_rows(), threads, [&](int64_t r) {
     const int64_t h = r / nq, qb = r % nq, kvh = h / (s.q_heads / s.kv_heads);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <bit>
 #include <charconv>
 #include <cstdint>
 
@@ -62,10 +63,24 @@ bool VideoGeometry::tiles_exact() const {
   return video_.t % tile_.t == 0 && video_.h % tile_.h == 0 && video_.w % tile_.w == 0;
 }
 
-int64_t VideoGeometry::tile_index(const Extent3& c) const { return (c.t * grid_.h + c.h) * grid_.w + c.w; }
+// Grid extents and tile indices fit int (limits::kMaxTiles); the tile shape is the kernels' int too.
+detail::TileGrid VideoGeometry::tile_grid() const {
+  return {int(tile_.t), int(tile_.h), int(tile_.w), std::countr_zero(uint64_t(tile_.w)),
+          std::countr_zero(uint64_t(tile_.h) * uint64_t(tile_.w)), int(grid_.t), int(grid_.h), int(grid_.w)};
+}
+
+detail::VideoMapExtents VideoGeometry::map_extents(TokenLayout layout) const {
+  if (layout == TokenLayout::tile_major) return {int(tile_.w), int(tile_.h), int(num_tiles() * tile_.t)};
+  return {int(video_.w), int(video_.h), int(video_.t)};
+}
+
+int64_t VideoGeometry::tile_index(const Extent3& c) const {
+  return tile_grid().tile_index(int(c.t), int(c.h), int(c.w));
+}
 
 Extent3 VideoGeometry::tile_coord(int64_t i) const {
-  return {i / (grid_.h * grid_.w), (i / grid_.w) % grid_.h, i % grid_.w};
+  const detail::TileCoord c = tile_grid().tile_coord(int(i));
+  return {c.t, c.h, c.w};
 }
 
 Extent3 VideoGeometry::tile_origin(const Extent3& c) const { return {c.t * tile_.t, c.h * tile_.h, c.w * tile_.w}; }
@@ -82,7 +97,7 @@ Extent3 VideoGeometry::token_coord(int64_t n) const {
 int64_t VideoGeometry::tile_major_index(int64_t n) const {
   if (n >= num_video_tokens()) return n;  // text keeps its place after the video
   Extent3 p = token_coord(n);
-  Extent3 c{p.t / tile_.t, p.h / tile_.h, p.w / tile_.w};
+  Extent3 c = tile_of(p);
   Extent3 o = tile_origin(c);
   Extent3 e = tile_extent(c);
   int64_t local = ((p.t - o.t) * e.h + (p.h - o.h)) * e.w + (p.w - o.w);

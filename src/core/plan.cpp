@@ -59,9 +59,7 @@ int64_t BlockPartition::block_of_token(int64_t n) const {
     throw_argument_error("token", fmt::format("must be in [0, {}), got {}", geometry_.num_tokens(), n));
   if (n >= geometry_.num_video_tokens()) return text_block_id((n - geometry_.num_video_tokens()) / text_block_size_);
   Extent3 p = geometry_.token_coord(n);
-  const Extent3& tile = geometry_.tile();
-  Extent3 c{p.t / tile.t, p.h / tile.h, p.w / tile.w};
-  return video_block_id(geometry_.tile_index(c), (p.t % tile.t) / frames_per_block_);
+  return video_block_id(geometry_.tile_index(geometry_.tile_of(p)), (p.t % geometry_.tile().t) / frames_per_block_);
 }
 
 BlockPlan::BlockPlan(BlockPartition partition, int64_t heads, const std::vector<std::vector<int32_t>>& rows)

@@ -54,8 +54,8 @@ struct StaLaunch {
   int64_t num_ctas;
 };
 
-// The launches of a resolved forward (ops::resolve_sta_forward; its key blocks hold problem.key.rows rows). Exported
-// for tools/sta_variants.
+// The launches of a resolved forward (ops::resolve_sta_forward; its key blocks hold
+// problem.key.rows(problem.sta.grid) rows). Exported for tools/sta_variants.
 TILEATTN_EXPORT std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& problem);
 
 // Implemented in the sm90 translation units, one per (dtype, head_dim).

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "tileattn/error.hpp"
 
 namespace tileattn {
@@ -40,6 +42,11 @@ void validate_head_shape(DType dtype, int64_t batch, int64_t q_heads, int64_t kv
                                         : fmt::format("must be in [1, {}], got {}", max_q_heads, q_heads));
   if (kv_heads < 1 || q_heads % kv_heads != 0)
     throw_argument_error("kv_heads", fmt::format("must divide q_heads = {}, got {}", q_heads, kv_heads));
+}
+
+void validate_softmax_scale(float scale) {
+  if (!std::isfinite(scale) || scale < 0.0f)
+    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", scale));
 }
 
 namespace ops {

@@ -1,11 +1,11 @@
 #pragma once
 // What every attention-like call checks and decides the same way, whatever the operation: the head shape, the
 // device tensors and how the batch maps onto launches. Host code, no CUDA.
-#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <utility>
 
+#include "core/softmax_scale.hpp"
 #include "tileattn/types.hpp"
 
 namespace tileattn {
@@ -23,15 +23,15 @@ void validate_device_tensor(const char* name, const DeviceTensor& t, int64_t bat
 void validate_head_shape(DType dtype, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                          int64_t max_q_heads = INT64_MAX);
 
+// A call's softmax scale: finite and >= 0 (0: the default, detail::softmax_scale). Throws ArgumentError naming "scale".
+void validate_softmax_scale(float scale);
+
 namespace ops {
 
-// The softmax scale of a call: `scale`, or 1 / sqrt(head_dim) for 0; and in log2 units (times log2(e)), as the
-// kernels' exp2-based softmax takes it.
-inline double softmax_scale(float scale, int64_t head_dim) {
-  return scale != 0.0f ? double(scale) : 1.0 / std::sqrt(double(head_dim));
-}
+// The softmax scale of a call (detail::softmax_scale) in log2 units (times log2(e)), as the kernels' exp2-based
+// softmax takes it.
 inline float softmax_scale_log2(float scale, int64_t head_dim) {
-  return float(softmax_scale(scale, head_dim) * 1.4426950408889634);
+  return float(detail::softmax_scale<double>(scale, head_dim) * 1.4426950408889634);
 }
 
 // How the batch maps onto launches: folded into the tensor maps' last dimension (one launch) when batch == 1 or

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -39,8 +38,7 @@ void validate_common(const DynamicMaskArgs& a, const ColumnPlanShape& shape) {
     throw_argument_error("tokens", fmt::format("must be < 2^31, got {}", shape.tokens));
   if (checked_mul(a.q_heads, shape.num_query_blocks(), "q_heads") > std::numeric_limits<int32_t>::max())
     throw_argument_error("q_heads", "q_heads * query blocks must be < 2^31");
-  if (!std::isfinite(a.scale) || a.scale < 0.0f)
-    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+  validate_softmax_scale(a.scale);
   validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 2, "element loads");
   validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "16-byte cp.async rows");
 }

@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "kernels/fg_kernel_params.hpp"
 #include "tileattn/checked.hpp"
@@ -53,8 +52,7 @@ FgForwardProblem resolve_fg_forward(const FgForwardArgs& a) {
   validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim, 16, "TMA and cp.async");
   validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, "TMA and cp.async");
   if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw_argument_error("lse", "must be 4-byte aligned");
-  if (!std::isfinite(a.scale) || a.scale < 0.0f)
-    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+  validate_softmax_scale(a.scale);
   const kernels::FgWorkspaceLayout workspace = kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity);
   const int64_t needed = workspace.total;
   if (needed > 0) {

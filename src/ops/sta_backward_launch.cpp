@@ -16,8 +16,9 @@ namespace {
 std::vector<StaBackwardLaunch> initialize_sta_backward(const ops::StaBackwardProblem& problem) {
   const StaBackwardArgs& args = *problem.args;
   const StaForwardArgs& a = args.forward;
-  const ops::TiledBlocks& query = problem.query;
-  const ops::TiledBlocks& key = problem.key;
+  const detail::TileBlocks& query = problem.query;
+  const detail::TileBlocks& key = problem.key;
+  const int query_rows = query.rows(problem.sta.grid), key_rows = key.rows(problem.sta.grid);
   StaBackwardParams p{};
   fill_sta_geometry(p.sta, problem.sta, query, key);
   fill_attention_heads(p, a, problem.sta.geometry.num_tokens());
@@ -32,7 +33,7 @@ std::vector<StaBackwardLaunch> initialize_sta_backward(const ops::StaBackwardPro
   strides(a.out, p.out_strides);
   strides(args.grad_out, p.grad_out_strides);
   strides(args.grad_q, p.grad_q_strides);
-  p.scale = float(ops::softmax_scale(a.scale, a.head_dim));
+  p.scale = float(detail::softmax_scale<double>(a.scale, a.head_dim));
   const BackwardWorkspace& ws = problem.workspace;
   char* base = static_cast<char*>(args.workspace);
   p.dq_accum = reinterpret_cast<float*>(base + ws.dq_accum);
@@ -45,13 +46,13 @@ std::vector<StaBackwardLaunch> initialize_sta_backward(const ops::StaBackwardPro
   std::vector<StaBackwardLaunch> out;
   for (int64_t l = 0; l < problem.batch.launches; ++l) {
     p.batch_offset = int(l * problem.batch.batch_per_launch);
-    fill_qkv_maps(p, p.q_tokens, maps, a, l, query, key);
+    fill_qkv_maps(p, p.q_tokens, maps, problem.sta, l, query, key);
     p.do_video = maps.video("grad_out", args.grad_out, a.q_heads, l, query.frames);
     p.dk_video = maps.video("grad_k", args.grad_k, a.kv_heads, l, key.frames / 2);
     p.dv_video = maps.video("grad_v", args.grad_v, a.kv_heads, l, key.frames / 2);
-    p.do_tokens = maps.text("grad_out", args.grad_out, a.q_heads, l, query.rows);
-    p.dk_tokens = maps.text("grad_k", args.grad_k, a.kv_heads, l, key.rows / 2);
-    p.dv_tokens = maps.text("grad_v", args.grad_v, a.kv_heads, l, key.rows / 2);
+    p.do_tokens = maps.text("grad_out", args.grad_out, a.q_heads, l, query_rows);
+    p.dk_tokens = maps.text("grad_k", args.grad_k, a.kv_heads, l, key_rows / 2);
+    p.dv_tokens = maps.text("grad_v", args.grad_v, a.kv_heads, l, key_rows / 2);
     out.push_back({p, problem.key_ctas_per_launch, problem.query_chunks_per_launch});
   }
   return out;

@@ -33,8 +33,8 @@ namespace kernels {
 
 std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& problem) {
   const StaForwardArgs& a = *problem.sta.args;
-  const ops::TiledBlocks& query = problem.query;
-  const ops::TiledBlocks& key = problem.key;
+  const detail::TileBlocks& query = problem.query;
+  const detail::TileBlocks& key = problem.key;
   StaKernelParams p{};
   fill_sta_geometry(p.sta, problem.sta, query, key);
   fill_attention_heads(p.attention, a, problem.sta.geometry.num_tokens());
@@ -43,9 +43,9 @@ std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& prob
   std::vector<StaLaunch> out;
   for (int64_t l = 0; l < problem.batch.launches; ++l) {
     p.attention.batch_offset = int(l * problem.batch.batch_per_launch);
-    fill_qkv_maps(p, p.attention.q_tokens, maps, a, l, query, key);
+    fill_qkv_maps(p, p.attention.q_tokens, maps, problem.sta, l, query, key);
     p.o_video = maps.video("out", a.out, a.q_heads, l, query.frames / 2);
-    p.attention.o_tokens = maps.text("out", a.out, a.q_heads, l, query.rows / 2);
+    p.attention.o_tokens = maps.text("out", a.out, a.q_heads, l, query.rows(problem.sta.grid) / 2);
     out.push_back({p, problem.ctas_per_launch});
   }
   return out;
@@ -56,7 +56,7 @@ std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& prob
 void ops::run_sta_forward(const StaForwardProblem& problem, StreamHandle stream) {
   require_hopper_gpu("sta_forward");
   const StaForwardArgs& a = *problem.sta.args;
-  const int block_n = problem.key.rows;
+  const int block_n = problem.key.rows(problem.sta.grid);
   auto* s = static_cast<CUstream_st*>(stream);
   for (const kernels::StaLaunch& l : kernels::initialize_sta_forward(problem)) {
     dispatch_dtype_head_dim(a.dtype, a.head_dim, [&]<DType T, int D>() {

@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "kernels/sta_kernel_params.hpp"
 #include "tileattn/checked.hpp"
@@ -42,7 +41,7 @@ int choose_block_n(const StaForwardArgs& a) {
 
 }  // namespace
 
-TiledBlocks StaShape::blocks(int rows) const {
+detail::TileBlocks StaShape::blocks(int rows) const {
   const Extent3& tile = args->tile;
   const int64_t plane = tile.h * tile.w;
   if (rows % plane != 0 || tile.t % (rows / plane) != 0)
@@ -50,13 +49,7 @@ TiledBlocks StaShape::blocks(int rows) const {
                                              rows / std::max<int64_t>(plane, 1), to_string(tile)));
   const int64_t frames = rows / plane;
   const int64_t last_frames = args->video.t - (geometry.grid().t - 1) * tile.t;
-  return {rows, int(frames), int(tile.t / frames), int((last_frames + frames - 1) / frames)};
-}
-
-int StaShape::extent1() const { return int(args->layout == TokenLayout::tile_major ? args->tile.w : args->video.w); }
-int StaShape::extent2() const { return int(args->layout == TokenLayout::tile_major ? args->tile.h : args->video.h); }
-int StaShape::extent3() const {
-  return int(args->layout == TokenLayout::tile_major ? geometry.num_tiles() * args->tile.t : args->video.t);
+  return {int(frames), int(tile.t / frames), int((last_frames + frames - 1) / frames)};
 }
 
 StaShape resolve_sta_shape(const StaForwardArgs& a) {
@@ -74,6 +67,8 @@ StaShape resolve_sta_shape(const StaForwardArgs& a) {
     throw_argument_error("video_shape", "more than 32767 tiles along one axis");
   if (checked_product({a.batch, a.q_heads, geo.num_tokens()}, "batch") >= (int64_t{1} << 40))
     throw_argument_error("batch", "batch * heads * tokens is too large");
+  sta.grid = geo.tile_grid();
+  sta.extents = geo.map_extents(a.layout);
 
   // ---- windows ----
   sta.windows = per_head_windows(grid, a.windows, a.q_heads);
@@ -88,19 +83,18 @@ StaShape resolve_sta_shape(const StaForwardArgs& a) {
   validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, "TMA");
   if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0)
     throw_argument_error("lse", "must be 4-byte aligned");
-  if (!std::isfinite(a.scale) || a.scale < 0.0f)
-    throw_argument_error("scale", fmt::format("must be finite and >= 0 (0 = 1/sqrt(head_dim)), got {}", a.scale));
+  validate_softmax_scale(a.scale);
   return sta;
 }
 
 StaForwardProblem resolve_sta_forward(const StaForwardArgs& a, int block_n) {
   StaShape sta = resolve_sta_shape(a);
-  const TiledBlocks query = sta.blocks(kernels::kQueryBlockRows);
-  const TiledBlocks key = sta.blocks(block_n != 0 ? block_n : choose_block_n(a));
+  const detail::TileBlocks query = sta.blocks(kernels::kQueryBlockRows);
+  const detail::TileBlocks key = sta.blocks(block_n != 0 ? block_n : choose_block_n(a));
   const BatchLaunches batch =
       batch_launches(a.batch, {{a.q, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads}, {a.out, a.q_heads}});
   const int64_t blocks_per_bh =
-      sta.geometry.num_tiles() * query.blocks_per_tile + detail::ceil_div(a.text_len, int64_t{query.rows});
+      sta.geometry.num_tiles() * query.per_tile + detail::ceil_div(a.text_len, int64_t{query.rows(sta.grid)});
   const int64_t ctas = batch.batch_per_launch * a.q_heads * blocks_per_bh;
   if (ctas >= (int64_t{1} << 31)) throw_argument_error("batch", "too many query blocks for one launch");
   return {std::move(sta), query, key, batch, ctas};
@@ -108,10 +102,9 @@ StaForwardProblem resolve_sta_forward(const StaForwardArgs& a, int block_n) {
 
 kernels::BackwardWorkspace sta_backward_workspace(const StaShape& sta) {
   const StaForwardArgs& f = *sta.args;
-  const int64_t rows = kernels::kBwdQueryRows;
-  const int64_t frames = rows / (f.tile.h * f.tile.w);  // validate_gpu_tile: the tile plane divides 64
-  const int64_t query_blocks = checked_add(checked_mul(sta.geometry.num_tiles(), f.tile.t / frames, "video_shape"),
-                                           detail::ceil_div(f.text_len, rows), "video_shape");
+  const detail::TileBlocks query = sta.blocks(kernels::kBwdQueryRows);  // validate_gpu_tile: whole frames, no throw
+  const int64_t query_blocks = checked_add(checked_mul(sta.geometry.num_tiles(), query.per_tile, "video_shape"),
+                                           detail::ceil_div(f.text_len, int64_t{query.rows(sta.grid)}), "video_shape");
   return kernels::backward_workspace_layout(checked_product({f.batch, f.q_heads, query_blocks}, "batch"), f.head_dim);
 }
 
@@ -131,14 +124,14 @@ StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& a) {
     throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs {} "
                                                   "(sta_backward_workspace_bytes)", a.workspace_bytes, workspace.total));
 
-  const TiledBlocks query = sta.blocks(kernels::kBwdQueryRows), key = sta.blocks(kernels::kBwdKeyRows);
+  const detail::TileBlocks query = sta.blocks(kernels::kBwdQueryRows), key = sta.blocks(kernels::kBwdKeyRows);
   const int64_t num_query_blocks =
-      sta.geometry.num_tiles() * query.blocks_per_tile + detail::ceil_div(f.text_len, int64_t{query.rows});
-  const int64_t num_text_key_blocks = detail::ceil_div(f.text_len, int64_t{key.rows});
+      sta.geometry.num_tiles() * query.per_tile + detail::ceil_div(f.text_len, int64_t{query.rows(sta.grid)});
+  const int64_t num_text_key_blocks = detail::ceil_div(f.text_len, int64_t{key.rows(sta.grid)});
   const BatchLaunches batch = batch_launches(f.batch, {{f.q, f.q_heads}, {f.k, f.kv_heads}, {f.v, f.kv_heads},
                                                        {a.grad_out, f.q_heads}, {a.grad_q, f.q_heads},
                                                        {a.grad_k, f.kv_heads}, {a.grad_v, f.kv_heads}});
-  const int64_t key_blocks = sta.geometry.num_tiles() * key.blocks_per_tile + num_text_key_blocks;
+  const int64_t key_blocks = sta.geometry.num_tiles() * key.per_tile + num_text_key_blocks;
   const int64_t key_ctas = batch.batch_per_launch * f.kv_heads * key_blocks;
   const int64_t query_chunks = batch.batch_per_launch * f.q_heads * num_query_blocks;
   if (key_ctas >= (int64_t{1} << 31) || query_chunks >= (int64_t{1} << 31))

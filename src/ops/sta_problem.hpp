@@ -8,39 +8,30 @@
 
 #include "kernels/backward_workspace.hpp"
 #include "ops/attention_call.hpp"
+#include "tileattn/detail/tile_grid.hpp"
 #include "tileattn/export.hpp"
 #include "tileattn/sta.hpp"
 
 namespace tileattn::ops {
 
-// Geometry of one kind of block (`rows` tokens = whole frames of a tile): frames per block, blocks per tile and the
-// non-empty blocks of the last tile along t.
-struct TiledBlocks {
-  int rows = 0;
-  int frames = 0;
-  int blocks_per_tile = 0;
-  int last_tile_blocks = 0;
-};
-
 // What the STA forward and backward share: the validated forward arguments, their geometry and one window per
-// query head (per_head_windows: the single 0 / 1 / q_heads rule).
+// query head (per_head_windows: the single 0 / 1 / q_heads rule), and the geometry as the kernels take it.
 struct StaShape {
   const StaForwardArgs* args = nullptr;
   VideoGeometry geometry;
   std::vector<Window> windows;
+  detail::TileGrid grid{};            // geometry.tile_grid()
+  detail::VideoMapExtents extents{};  // geometry.map_extents(args->layout): the video maps' (x1, x2, x3) sizes
 
-  TiledBlocks blocks(int rows) const;
-  // Map extents of the video part: (x1, x2, x3) sizes for the args' layout.
-  int extent1() const;
-  int extent2() const;
-  int extent3() const;
+  // Blocks of `rows` tokens (whole frames of a tile; throws ArgumentError naming "tile" otherwise).
+  detail::TileBlocks blocks(int rows) const;
 };
 // Validates the forward's arguments (throws ArgumentError naming the offending argument).
 StaShape resolve_sta_shape(const StaForwardArgs& args);
 
 struct StaForwardProblem {
   StaShape sta;
-  TiledBlocks query, key;  // query blocks of kQueryBlockRows rows, key blocks of block_n rows
+  detail::TileBlocks query{}, key{};  // query blocks of kQueryBlockRows rows, key blocks of block_n rows
   BatchLaunches batch;
   int64_t ctas_per_launch = 0;
 };
@@ -51,7 +42,7 @@ TILEATTN_EXPORT StaForwardProblem resolve_sta_forward(const StaForwardArgs& args
 struct StaBackwardProblem {
   const StaBackwardArgs* args = nullptr;
   StaShape sta;
-  TiledBlocks query, key;  // kBwdQueryRows / kBwdKeyRows rows
+  detail::TileBlocks query{}, key{};  // kBwdQueryRows / kBwdKeyRows rows
   int64_t num_query_blocks = 0, num_text_key_blocks = 0;
   kernels::BackwardWorkspace workspace;
   BatchLaunches batch;

@@ -60,17 +60,15 @@ void fill_window_table(const ops::StaShape& sta, int16_t (&table)[kMaxHeads][3])
 CUtensorMap TensorMapFactory::video(const char* name, const DeviceTensor& t, int64_t heads, int64_t launch,
                                     int64_t frames) const {
   if (sta_ == nullptr) throw CudaError(fmt::format("tileattn: tensor map '{}': a video map needs the STA shape", name));
-  const StaForwardArgs& a = *sta_->args;
+  const detail::VideoMapExtents& e = sta_->extents;  // a token is row-major over (x3, x2, x1): VideoMapExtents::token
+  const detail::TileGrid& g = sta_->grid;
   const uint64_t ts = uint64_t(t.token_stride) * 2, hs = uint64_t(t.head_stride) * 2;
   void* base = static_cast<char*>(t.data) + launch * t.batch_stride * 2;
-  const bool tiled = a.layout == TokenLayout::tile_major;
-  const std::array<uint64_t, 4> strides =
-      tiled ? std::array<uint64_t, 4>{ts, uint64_t(a.tile.w) * ts, uint64_t(a.tile.h * a.tile.w) * ts, hs}
-            : std::array<uint64_t, 4>{ts, uint64_t(a.video.w) * ts, uint64_t(a.video.h * a.video.w) * ts, hs};
   return make_tensor_map<5>(name, base, map_dtype(dtype_),
-                            {uint64_t(head_dim_), uint64_t(sta_->extent1()), uint64_t(sta_->extent2()),
-                             uint64_t(sta_->extent3()), uint64_t(heads * batch_per_launch_)},
-                            strides, {64, uint32_t(a.tile.w), uint32_t(a.tile.h), uint32_t(frames), 1});
+                            {uint64_t(head_dim_), uint64_t(e.x1), uint64_t(e.x2), uint64_t(e.x3),
+                             uint64_t(heads * batch_per_launch_)},
+                            {ts, uint64_t(e.x1) * ts, uint64_t(e.x2) * uint64_t(e.x1) * ts, hs},
+                            {64, uint32_t(g.tile_w), uint32_t(g.tile_h), uint32_t(frames), 1});
 }
 
 CUtensorMap TensorMapFactory::text(const char* name, const DeviceTensor& t, int64_t heads, int64_t launch,

@@ -6,7 +6,6 @@
 // (d, token, bh) for text rows (and FG's query rows), with boxes of `rows` tokens.
 #include <cuda.h>
 
-#include <bit>
 #include <cstdint>
 
 #include "kernels/sta_kernel_params.hpp"
@@ -38,22 +37,18 @@ void fill_window_table(const ops::StaShape& sta, int16_t (&table)[kMaxHeads][3])
 
 // Fills the STA geometry the forward and backward parameter blocks share: windows, map extents, tile and grid
 // shape, the two block kinds' geometry, the video token count and text validity.
-inline void fill_sta_geometry(StaGeometryParams& p, const ops::StaShape& sta, const ops::TiledBlocks& query,
-                              const ops::TiledBlocks& key) {
+inline void fill_sta_geometry(StaGeometryParams& p, const ops::StaShape& sta, const detail::TileBlocks& query,
+                              const detail::TileBlocks& key) {
   const StaForwardArgs& a = *sta.args;
-  const VideoGeometry& geo = sta.geometry;
   fill_window_table(sta, p.windows);
-  p.extents = {int(sta.extent1()), int(sta.extent2()), int(sta.extent3())};
-  p.grid.tile_t = int(a.tile.t), p.grid.tile_h = int(a.tile.h), p.grid.tile_w = int(a.tile.w);
-  p.grid.log2_tile_w = std::countr_zero(uint64_t(a.tile.w));
-  p.grid.log2_tile_plane = std::countr_zero(uint64_t(a.tile.h * a.tile.w));
-  p.grid.grid_t = int(geo.grid().t), p.grid.grid_h = int(geo.grid().h), p.grid.grid_w = int(geo.grid().w);
-  p.query = {query.frames, query.blocks_per_tile, query.last_tile_blocks};
-  p.key = {key.frames, key.blocks_per_tile, key.last_tile_blocks};
+  p.extents = sta.extents;
+  p.grid = sta.grid;
+  p.query = query;
+  p.key = key;
   p.tile_major = a.layout == TokenLayout::tile_major;
-  p.num_video_tokens = int(geo.num_video_tokens());
+  p.num_video_tokens = int(sta.geometry.num_video_tokens());
   p.text_len = int(a.text_len);
-  p.num_text_query_blocks = int((a.text_len + query.rows - 1) / query.rows);
+  p.num_text_query_blocks = int(detail::ceil_div(a.text_len, int64_t{query.rows(sta.grid)}));
   p.text_valid = a.text_valid;
 }
 
@@ -72,14 +67,16 @@ void fill_attention_heads(Params& p, const Args& a, int64_t num_tokens) {
 // token map is passed, since the forward keeps it in its attention part): video boxes of the block kinds' frames,
 // text boxes of their rows.
 template <class Params>
-void fill_qkv_maps(Params& p, CUtensorMap& q_tokens, const TensorMapFactory& maps, const StaForwardArgs& a,
-                   int64_t launch, const ops::TiledBlocks& query, const ops::TiledBlocks& key) {
+void fill_qkv_maps(Params& p, CUtensorMap& q_tokens, const TensorMapFactory& maps, const ops::StaShape& sta,
+                   int64_t launch, const detail::TileBlocks& query, const detail::TileBlocks& key) {
+  const StaForwardArgs& a = *sta.args;
+  const detail::TileGrid& grid = sta.grid;
   p.q_video = maps.video("q", a.q, a.q_heads, launch, query.frames);
   p.k_video = maps.video("k", a.k, a.kv_heads, launch, key.frames);
   p.v_video = maps.video("v", a.v, a.kv_heads, launch, key.frames);
-  q_tokens = maps.text("q", a.q, a.q_heads, launch, query.rows);
-  p.k_tokens = maps.text("k", a.k, a.kv_heads, launch, key.rows);
-  p.v_tokens = maps.text("v", a.v, a.kv_heads, launch, key.rows);
+  q_tokens = maps.text("q", a.q, a.q_heads, launch, query.rows(grid));
+  p.k_tokens = maps.text("k", a.k, a.kv_heads, launch, key.rows(grid));
+  p.v_tokens = maps.text("v", a.v, a.kv_heads, launch, key.rows(grid));
 }
 
 // True if the current device has compute capability 9.0 (cached per device).

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/parallel_for.hpp"
+#include "core/softmax_scale.hpp"
 #include "reference/attention_shape.hpp"
 #include "tileattn/checked.hpp"
 #include "tileattn/error.hpp"
@@ -90,7 +91,7 @@ struct Problem {
     const float* vb = v.data() + (b * shape.kv_heads + kvh) * s * d;
     float* o = out.data() + ((b * shape.q_heads + h) * s + query) * d;
     float* l = lse.data() + (b * shape.q_heads + h) * s + query;
-    Acc scale = options.scale != 0.0f ? options.scale : Acc(1) / std::sqrt(static_cast<Acc>(d));
+    const Acc scale = detail::softmax_scale<Acc>(options.scale, d);
     attend_row<Acc>(qr, kb, vb, keys, d, scale, scratch, o, l);
   }
 };
@@ -313,7 +314,7 @@ template <class Acc>
 void backward(const AttentionShape& shape, const PlanKeys& plan_keys, std::span<const float> q,
               std::span<const float> k, std::span<const float> v, std::span<const float> grad_out,
               std::span<float> grad_q, std::span<float> grad_k, std::span<float> grad_v, const ReferenceOptions& o) {
-  const Acc scale = o.scale != 0.0f ? Acc(o.scale) : Acc(1) / std::sqrt(static_cast<Acc>(shape.head_dim));
+  const Acc scale = detail::softmax_scale<Acc>(o.scale, shape.head_dim);
   const int64_t rows = shape.batch * shape.q_heads * shape.tokens, nb = plan_keys.plan.partition().num_blocks();
   BackwardProblem<Acc> p{shape, plan_keys, q, k, v, grad_out, scale, std::vector<Acc>(rows), std::vector<Acc>(rows)};
   detail::parallel_for(shape.batch * shape.q_heads * nb, o.threads, [&](int64_t task) {

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <array>
 #include <bit>
 #include <numeric>
 #include <random>
@@ -135,6 +136,11 @@ TEST(TileGrid, MatchesVideoGeometryOnRandomShapes) {
                                 std::countr_zero(unsigned(tile_h * tile_w)), int(g.grid().t), int(g.grid().h),
                                 int(g.grid().w)};
     ASSERT_EQ(grid.num_tiles(), g.num_tiles());
+    const detail::TileGrid host = g.tile_grid();  // what the host hands the kernels
+    EXPECT_EQ((std::array{host.tile_t, host.tile_h, host.tile_w, host.log2_tile_w, host.log2_tile_plane, host.grid_t,
+                          host.grid_h, host.grid_w}),
+              (std::array{grid.tile_t, grid.tile_h, grid.tile_w, grid.log2_tile_w, grid.log2_tile_plane, grid.grid_t,
+                          grid.grid_h, grid.grid_w}));
     for (int tile = 0; tile < grid.num_tiles(); ++tile) {
       const detail::TileCoord c = grid.tile_coord(tile);
       ASSERT_EQ((Extent3{c.t, c.h, c.w}), g.tile_coord(tile));
@@ -146,6 +152,8 @@ TEST(TileGrid, MatchesVideoGeometryOnRandomShapes) {
     }
     // Natural order: the map axes are (w, h, t) of the video.
     const detail::VideoMapExtents video{int(g.video().w), int(g.video().h), int(g.video().t)};
+    const detail::VideoMapExtents natural = g.map_extents(TokenLayout::natural);
+    EXPECT_EQ((std::array{natural.x1, natural.x2, natural.x3}), (std::array{video.x1, video.x2, video.x3}));
     const Extent3 token{r(0, int(g.video().t) - 1), r(0, int(g.video().h) - 1), r(0, int(g.video().w) - 1)};
     EXPECT_EQ(video.token(int(token.w), int(token.h), int(token.t)), g.natural_index(token));
     EXPECT_TRUE(video.contains(int(token.w), int(token.h), int(token.t)));
@@ -158,5 +166,19 @@ TEST(TileGrid, MatchesVideoGeometryOnRandomShapes) {
     EXPECT_TRUE(frames.empty(grid, grid.grid_t - 1, last_frames));
     EXPECT_FALSE(frames.empty(grid, grid.grid_t - 1, last_frames - 1));
     if (grid.grid_t > 1) EXPECT_FALSE(frames.empty(grid, 0, tile_t - 1));
+  }
+}
+
+// Tile-major order seen as the kernels' map (x1, x2, x3) = (w in tile, h in tile, tile * tile_t + t in tile): with
+// whole tiles a token's map index is its tile-major position.
+TEST(TileGrid, TileMajorMapExtentsMatchTileMajorIndex) {
+  const VideoGeometry g({6, 8, 12}, {3, 4, 2}, 5);
+  const detail::TileGrid grid = g.tile_grid();
+  const detail::VideoMapExtents e = g.map_extents(TokenLayout::tile_major);
+  EXPECT_EQ((std::array{e.x1, e.x2, e.x3}), (std::array{2, 4, int(g.num_tiles()) * 3}));
+  for (int64_t n = 0; n < g.num_video_tokens(); ++n) {
+    const Extent3 p = g.token_coord(n), c = g.tile_of(p), o = g.tile_origin(c);
+    ASSERT_EQ(g.tile_index(c), grid.tile_index(int(c.t), int(c.h), int(c.w)));
+    ASSERT_EQ(e.token(int(p.w - o.w), int(p.h - o.h), int(g.tile_index(c) * 3 + p.t - o.t)), g.tile_major_index(n));
   }
 }

@@ -44,6 +44,9 @@ struct TileBlocks {
   int per_tile;
   int last_tile;
 
+  // Rows (tokens) of one block: `frames` whole tile planes.
+  TILEATTN_HOST_DEVICE int rows(const TileGrid& g) const { return frames * g.tile_h * g.tile_w; }
+
   TILEATTN_HOST_DEVICE int in_tile(const TileGrid& g, int tile_t_index) const {
     return g.last_along_t(tile_t_index) ? last_tile : per_tile;
   }
