@@ -256,9 +256,11 @@ int run_sta_bench(const BenchOptions& o, const BenchSetup& setup, Timer& time_ms
     const bool finite = device_all_finite(t.out.ptr, t.q_elems, dtype);
     if (!finite) rc = 1;
     const std::string label = window_label(w, geo.grid());
+    // The JSON keys name the text length when there is text, so runs with and without it do not collide.
+    const std::string key = label + (o.text > 0 ? fmt::format("_text{}", o.text) : "");
     fmt::print("{:<10} {:>9.4f} {:>11.3f} {:>10.1f} {:>10.3f}{}\n", label, s.total, median, flops / (median * 1e9),
                fastest, finite ? "" : "  OUTPUT HAS NaN/Inf");
-    results[fmt::format("tileattn_sta_{}_fwd_ms", label)] = median;
+    results[fmt::format("tileattn_sta_{}_fwd_ms", key)] = median;
     if (!o.backward) continue;
     // The backward does 5 GEMMs over the visited pairs where the forward does 2.
     bwd.forward = args;
@@ -270,7 +272,7 @@ int run_sta_bench(const BenchOptions& o, const BenchSetup& setup, Timer& time_ms
       const std::string what = deterministic ? "bwd-det" : "bwd";
       fmt::print("{:<10} {:>9} {:>11.3f} {:>10.1f} {:>10.3f}{}\n", "  " + what, "", b_median,
                  2.5 * flops / (b_median * 1e9), b_fastest, grads_finite ? "" : "  GRADIENTS HAVE NaN/Inf");
-      results[fmt::format("tileattn_sta_{}_{}_ms", label, deterministic ? "bwd_deterministic" : "bwd")] = b_median;
+      results[fmt::format("tileattn_sta_{}_{}_ms", key, deterministic ? "bwd_deterministic" : "bwd")] = b_median;
     }
   }
   return rc;

@@ -33,15 +33,16 @@ out, rounds, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 times = {}
 for tag in ("before", "after"):
     for path in sorted(glob.glob(f"{work}/{tag}_*_r*.json")):
+        config = path.rsplit("/", 1)[1][len(tag) + 1:].rsplit("_r", 1)[0]  # the CLI's keys do not name the text length
         for key, value in json.load(open(path)).items():
             if key.endswith("_ms") and not key.startswith("fg_mask_build"):
-                times.setdefault(key, {"before": [], "after": []})[tag].append(value)
+                times.setdefault(f"{config}:{key}", {"before": [], "after": []})[tag].append(value)
 result = {}
-print(f"{'key':<46} {'before ms':>10} {'after ms':>10} {'after/before':>13}")
+print(f"{'config:key':<56} {'before ms':>10} {'after ms':>10} {'after/before':>13}")
 for key, t in sorted(times.items()):
     b, a = statistics.median(t["before"]), statistics.median(t["after"])
     result[key] = {"before_ms": b, "after_ms": a, "ratio": a / b, "rounds_before": t["before"], "rounds_after": t["after"]}
-    print(f"{key:<46} {b:>10.3f} {a:>10.3f} {a / b:>13.4f}")
+    print(f"{key:<56} {b:>10.3f} {a:>10.3f} {a / b:>13.4f}")
 worst = max(abs(v["ratio"] - 1) for v in result.values())
 print(f"largest |after/before - 1| over {len(result)} keys: {worst:.4f}")
 json.dump({"rounds": rounds, "keys": result, "largest_abs_change": worst}, open(f"{out}/compare_builds.json", "w"), indent=1)
