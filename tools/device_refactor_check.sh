@@ -21,6 +21,7 @@ fi
 echo "=== pytest ($after) $(date +%T)"
 if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
   (export PYTHONPATH=/tmp/site:$PWD/python TILEATTN_LIBRARY=$PWD/$after/libtileattn.so TILEATTN_CLI=$PWD/$after/tileattn
+   export LD_LIBRARY_PATH=$PWD/$after  # the CLI's RUNPATH is the build machine's folder
    cd python/tests && timeout 300 python3 -m pytest -q -p no:cacheprovider . > "$OUT/pytest.log" 2>&1; echo "rc=$?")
   tail -3 "$OUT/pytest.log"
 fi
