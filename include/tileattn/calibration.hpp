@@ -23,7 +23,7 @@
 #include "tileattn/mask_strategy.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 enum class ScoringDevice { automatic, cpu, gpu };
 

@@ -21,7 +21,7 @@
 #include "tileattn/geometry.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 enum class CaptureDType { bf16, fp16, fp32 };
 const char* to_string(CaptureDType dtype);  // "BF16", "F16", "F32" (safetensors' spelling)

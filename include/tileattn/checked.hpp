@@ -11,7 +11,7 @@
 #include "tileattn/error.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 // ---- limits (each named in the error that enforces it) ----
 namespace limits {

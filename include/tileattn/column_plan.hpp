@@ -18,7 +18,7 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 // Shape of a fine-grained plan: positions, heads, M and N. validate() throws ArgumentError naming the field.
 struct ColumnPlanShape {

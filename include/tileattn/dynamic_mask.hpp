@@ -19,7 +19,7 @@
 #include "tileattn/reference.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 // Estimated attention mass per (head, query block, key group); each row sums to 1.
 struct ColumnMass {

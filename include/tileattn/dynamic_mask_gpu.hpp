@@ -47,7 +47,7 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 struct DynamicMaskArgs {
   DType dtype = DType::bf16;

@@ -6,7 +6,7 @@
 #include <string_view>
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 // Base class of every error tileattn throws on purpose.
 class Error : public std::runtime_error {

@@ -22,7 +22,7 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 // A FixedColumnPlan in device memory. Row r = head * shape.num_query_blocks() + query block lists counts[r] key
 // groups in table[r * capacity, r * capacity + counts[r]), strictly ascending.

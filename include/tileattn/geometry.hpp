@@ -18,7 +18,7 @@
 #include "tileattn/export.hpp"
 #include "tileattn/types.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 // A triple along (t, h, w): a video shape, a tile shape, a tile-grid shape, a coordinate or a window (in tiles).
 struct Extent3 {

@@ -19,7 +19,7 @@
 #include "tileattn/geometry.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 struct StrategyKey {
   int64_t step = 0;

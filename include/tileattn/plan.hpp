@@ -17,7 +17,7 @@
 #include "tileattn/geometry.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 enum class BlockKind : uint8_t { video, text };
 

@@ -11,7 +11,7 @@
 #include "tileattn/plan.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 std::string tile_plan_json(const BlockPlan& plan, bool per_head_objects);
 // The tile-level attention map of one head: query tiles down, key tiles across, visited tiles filled; text

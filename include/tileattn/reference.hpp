@@ -13,7 +13,7 @@
 #include "tileattn/plan.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 enum class Accumulation { fp32, fp64 };
 

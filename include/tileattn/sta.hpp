@@ -15,7 +15,7 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 struct StaForwardArgs {
   DType dtype = DType::bf16;

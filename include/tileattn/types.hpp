@@ -7,7 +7,7 @@
 
 struct CUstream_st;
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 
 using StreamHandle = CUstream_st*;  // a cudaStream_t
 

@@ -10,7 +10,7 @@
 #include <vector>
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 namespace detail {
 
 class OutputFiles {

@@ -7,7 +7,7 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 namespace detail {
 
 // Fills `count` elements of `dtype` at `data` with values uniform in [-amplitude, amplitude), from `seed`.

@@ -7,7 +7,7 @@
 #include "tileattn/detail/window_rule.hpp"  // TILEATTN_HOST_DEVICE
 #include "tileattn/export.hpp"
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 namespace detail {
 
 // (t, h, w): a tile of the grid, or a token's place inside its tile.

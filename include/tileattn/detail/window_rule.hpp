@@ -10,7 +10,7 @@
 #define TILEATTN_HOST_DEVICE inline
 #endif
 
-namespace TILEATTN_EXPORT tileattn {
+namespace tileattn TILEATTN_EXPORT {
 namespace detail {
 
 // ceil(a / b) for a >= 0 and b >= 1, without forming a + b - 1 (which wraps for a near INT64_MAX).
