@@ -23,7 +23,8 @@
 #include "tileattn/mask_strategy.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 enum class ScoringDevice { automatic, cpu, gpu };
 
@@ -152,3 +153,4 @@ std::vector<std::string> write_synthetic_captures(const std::string& directory, 
                                                   const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -21,7 +21,8 @@
 #include "tileattn/geometry.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 enum class CaptureDType { bf16, fp16, fp32 };
 const char* to_string(CaptureDType dtype);  // "BF16", "F16", "F32" (safetensors' spelling)
@@ -70,3 +71,4 @@ struct CaptureWrite {
 void write_capture(const std::string& path, const CaptureWrite& capture);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

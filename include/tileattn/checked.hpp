@@ -11,7 +11,8 @@
 #include "tileattn/error.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 // ---- limits (each named in the error that enforces it) ----
 namespace limits {
@@ -71,3 +72,4 @@ int64_t checked_host_bytes(std::initializer_list<int64_t> factors, std::string_v
 std::string quote_truncated(std::string_view text);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

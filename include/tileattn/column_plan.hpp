@@ -18,7 +18,8 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 // Shape of a fine-grained plan: positions, heads, M and N. validate() throws ArgumentError naming the field.
 struct ColumnPlanShape {
@@ -124,3 +125,4 @@ ColumnPlan build_column_plan(const ColumnPlanShape& shape,
 ColumnPlan cover_block_plan(const BlockPlan& plan, TokenLayout layout, int64_t query_block, int64_t key_group);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

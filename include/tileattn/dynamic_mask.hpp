@@ -19,7 +19,8 @@
 #include "tileattn/reference.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 // Estimated attention mass per (head, query block, key group); each row sums to 1.
 struct ColumnMass {
@@ -96,3 +97,4 @@ class MaskCache {
 };
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

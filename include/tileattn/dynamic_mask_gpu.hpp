@@ -47,7 +47,8 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 struct DynamicMaskArgs {
   DType dtype = DType::bf16;
@@ -86,3 +87,4 @@ void estimate_column_mass_gpu(const DynamicMaskArgs& args, const ColumnPlanShape
                               StreamHandle stream);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

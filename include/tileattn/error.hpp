@@ -6,7 +6,8 @@
 #include <string_view>
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 // Base class of every error tileattn throws on purpose.
 class Error : public std::runtime_error {
@@ -39,3 +40,4 @@ class CudaError : public Error {
 [[noreturn]] void throw_argument_error(std::string_view argument, std::string_view message);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -22,7 +22,8 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 // A FixedColumnPlan in device memory. Row r = head * shape.num_query_blocks() + query block lists counts[r] key
 // groups in table[r * capacity, r * capacity + counts[r]), strictly ascending.
@@ -80,3 +81,4 @@ void build_synthetic_column_plan(const DeviceColumnPlan& plan, const SyntheticMa
                                  StreamHandle stream);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -18,7 +18,8 @@
 #include "tileattn/export.hpp"
 #include "tileattn/types.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 // A triple along (t, h, w): a video shape, a tile shape, a tile-grid shape, a coordinate or a window (in tiles).
 struct Extent3 {
@@ -111,3 +112,4 @@ void untile(const VideoGeometry& geometry, std::span<const T> tiled, std::span<T
             int64_t row_elems);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

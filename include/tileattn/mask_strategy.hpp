@@ -19,7 +19,8 @@
 #include "tileattn/geometry.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 struct StrategyKey {
   int64_t step = 0;
@@ -50,3 +51,4 @@ void write_mask_strategy(const MaskStrategy& strategy, const std::string& path, 
 std::string dump_mask_strategy(const MaskStrategy& strategy, MaskStrategyFormat format);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -17,7 +17,8 @@
 #include "tileattn/geometry.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 enum class BlockKind : uint8_t { video, text };
 
@@ -127,3 +128,4 @@ BlockPlan build_block_mask_plan(const BlockPartition& partition, int64_t heads,
                                 const std::function<bool(int64_t, int64_t, int64_t)>& visits);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -11,7 +11,8 @@
 #include "tileattn/plan.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 std::string tile_plan_json(const BlockPlan& plan, bool per_head_objects);
 // The tile-level attention map of one head: query tiles down, key tiles across, visited tiles filled; text
@@ -19,3 +20,4 @@ std::string tile_plan_json(const BlockPlan& plan, bool per_head_objects);
 std::string tile_plan_svg(const BlockPlan& plan, int64_t head, const std::string& title);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -13,7 +13,8 @@
 #include "tileattn/plan.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 enum class Accumulation { fp32, fp64 };
 
@@ -66,3 +67,4 @@ void reference_attention_columns(const AttentionShape& shape, const ColumnPlan& 
                                  std::span<float> lse, const ReferenceOptions& options = {});
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -15,7 +15,8 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 struct StaForwardArgs {
   DType dtype = DType::bf16;
@@ -63,3 +64,4 @@ void sta_backward(const StaBackwardArgs& args, StreamHandle stream);
 void validate_gpu_tile(const Extent3& tile);
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -7,7 +7,8 @@
 
 struct CUstream_st;
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 
 using StreamHandle = CUstream_st*;  // a cudaStream_t
 
@@ -25,3 +26,4 @@ struct DeviceTensor {
 bool gpu_kernels_available();
 
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -10,7 +10,8 @@
 #include <vector>
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 namespace detail {
 
 class OutputFiles {
@@ -38,3 +39,4 @@ void write_text_file_atomic(const std::string& path, const std::string& text, co
 
 }  // namespace detail
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

@@ -7,7 +7,8 @@
 #include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 namespace detail {
 
 // Fills `count` elements of `dtype` at `data` with values uniform in [-amplitude, amplitude), from `seed`.
@@ -20,3 +21,4 @@ uint16_t float_to_half_bits(float value, DType dtype);  // round to nearest even
 
 }  // namespace detail
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

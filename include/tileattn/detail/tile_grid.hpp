@@ -7,7 +7,8 @@
 #include "tileattn/detail/window_rule.hpp"  // TILEATTN_HOST_DEVICE
 #include "tileattn/export.hpp"
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 namespace detail {
 
 // (t, h, w): a tile of the grid, or a token's place inside its tile.
@@ -67,3 +68,4 @@ struct VideoMapExtents {
 
 }  // namespace detail
 }  // namespace tileattn
+TILEATTN_PUBLIC_END

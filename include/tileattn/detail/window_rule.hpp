@@ -10,7 +10,8 @@
 #define TILEATTN_HOST_DEVICE inline
 #endif
 
-namespace tileattn TILEATTN_EXPORT {
+TILEATTN_PUBLIC_BEGIN
+namespace tileattn {
 namespace detail {
 
 // ceil(a / b) for a >= 0 and b >= 1, without forming a + b - 1 (which wraps for a near INT64_MAX).
@@ -28,3 +29,4 @@ TILEATTN_HOST_DEVICE constexpr int64_t window_start(int64_t center, int64_t grid
 
 }  // namespace detail
 }  // namespace tileattn
+TILEATTN_PUBLIC_END
