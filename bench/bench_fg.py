@@ -153,11 +153,6 @@ def best_flex(flex, q, k, v, plan, block_sizes, fg_out, res, label):
     return best[2]
 
 
-def sta_visited_pairs(video, window):
-    """Exact (query, key) pairs per head of STA without text on a video that the tile divides."""
-    return math.prod(video) * math.prod(window) * math.prod(TILE)
-
-
 
 REL_L2_LIMIT = 2e-2  # FlashInfer against tileattn FG on the same inputs (bf16 outputs of two fp32-accumulating kernels)
 PRIORITY_KEY_GROUPS = (1, 16, 8, 64)
@@ -421,11 +416,11 @@ def main():
             if w is None:
                 continue
             label = "x".join(map(str, w))
-            grid = [cdiv(x, t) for x, t in zip(video, TILE)]
-            res[f"tileattn_sta_{label}_sparsity"] = round(1 - math.prod(w) / math.prod(grid), 4)
+            plan = tileattn.StaPlan(video, w, TILE)
+            res[f"tileattn_sta_{label}_sparsity"] = round(plan.sparsity(), 4)
             key = f"tileattn_sta_{label}_fwd_ms"
-            methods.append((key, (lambda w=w: tileattn.sta_attention(q, k, v, video, window=w)), 1))
-            visited[key] = heads * sta_visited_pairs(video, w)
+            methods.append((key, (lambda plan=plan: tileattn.sta_attention(q, k, v, plan=plan)), 1))
+            visited[key] = heads * (1 - plan.sparsity()) * plan.tokens ** 2
         print("=== STA group", flush=True)
         finish(interleaved(methods, a.warmup, a.reps, res, "sta", gpu_readings), visited, "sta")
         dump()

@@ -29,27 +29,6 @@ echo "=== timing: $before vs $after, $rounds rounds $(date +%T)"
 OUT=$OUT tools/device_compare_builds.sh "$before" "$after" "$rounds" | tail -30
 if [ -n "${FG_VARIANT:-}" ]; then
   echo "=== FG timing: $after vs $FG_VARIANT $(date +%T)"
-  rm -rf /tmp/fgv; mkdir -p /tmp/fgv
-  for r in 1 2 3; do
-    for dir in "$after" "$FG_VARIANT"; do
-      tag=$([ "$dir" = "$after" ] && echo after || echo variant)
-      LD_LIBRARY_PATH=$dir "$after/tileattn" bench --fg --fg-kind random,local --fg-sparsity 0.7 --fg-key-group 1,3,16 \
-        --warmup 3 --reps 10 --json "/tmp/fgv/${tag}_r$r.json" > /dev/null 2>&1 || echo "$tag round $r failed"
-    done
-  done
-  python3 - "$OUT" <<'EOF'
-import glob, json, statistics, sys
-out = sys.argv[1]
-t = {}
-for tag in ("after", "variant"):
-    for p in glob.glob(f"/tmp/fgv/{tag}_r*.json"):
-        for k, v in json.load(open(p)).items():
-            if k.startswith("tileattn_fg_") and k.endswith("_fwd_ms"):
-                t.setdefault(k, {"after": [], "variant": []})[tag].append(v)
-res = {k: {"after_ms": statistics.median(v["after"]), "variant_ms": statistics.median(v["variant"])} for k, v in t.items()}
-for k, v in sorted(res.items()):
-    print(f"{k:<40} {v['after_ms']:>9.2f} {v['variant_ms']:>9.2f} {v['variant_ms'] / v['after_ms']:>7.3f}")
-json.dump(res, open(f"{out}/fg_variant.json", "w"), indent=1)
-EOF
+  ONLY=fg NAME=fg_variant OUT=$OUT tools/device_compare_builds.sh "$after" "$FG_VARIANT" 3 | tail -10
 fi
 echo "=== done $(date +%T)"

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/softmax_scale.hpp"
+#include "tileattn/error.hpp"
 #include "tileattn/types.hpp"
 
 namespace tileattn {
@@ -25,6 +26,18 @@ void validate_head_shape(DType dtype, int64_t batch, int64_t q_heads, int64_t kv
 
 // A call's softmax scale: finite and >= 0 (0: the default, detail::softmax_scale). Throws ArgumentError naming "scale".
 void validate_softmax_scale(float scale);
+
+// The tensors and scalars every attention call takes (q, k, v, out, the optional lse, scale) of a call `a` whose
+// head shape is valid: 16-byte aligned device tensors (`why` says what needs it), a 4-byte aligned lse, a valid scale.
+template <class Args>
+void validate_attention_io(const Args& a, const char* why) {
+  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, why);
+  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, why);
+  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim, 16, why);
+  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, why);
+  if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw_argument_error("lse", "must be 4-byte aligned");
+  validate_softmax_scale(a.scale);
+}
 
 namespace ops {
 

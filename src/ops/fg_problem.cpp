@@ -47,12 +47,7 @@ FgForwardProblem resolve_fg_forward(const FgForwardArgs& a) {
   const int64_t ctas = checked_product({a.batch, a.q_heads, query_blocks}, "batch");
   if (ctas >= (int64_t{1} << 31) || checked_product({a.batch, a.q_heads, tokens}, "batch") >= (int64_t{1} << 40))
     throw_argument_error("batch", "batch * heads * tokens is too large for one launch");
-  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, "TMA and cp.async");
-  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "TMA and cp.async");
-  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim, 16, "TMA and cp.async");
-  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, "TMA and cp.async");
-  if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw_argument_error("lse", "must be 4-byte aligned");
-  validate_softmax_scale(a.scale);
+  validate_attention_io(a, "TMA and cp.async");
   const kernels::FgWorkspaceLayout workspace = kernels::fg_workspace_layout(a.plan.shape, a.plan.capacity);
   const int64_t needed = workspace.total;
   if (needed > 0) {

@@ -52,6 +52,11 @@ detail::TileBlocks StaShape::blocks(int rows) const {
   return {int(frames), int(tile.t / frames), int((last_frames + frames - 1) / frames)};
 }
 
+int64_t StaShape::block_count(const detail::TileBlocks& b) const {
+  return checked_add(checked_mul(geometry.num_tiles(), b.per_tile, "video_shape"),
+                     detail::ceil_div(args->text_len, int64_t{b.rows(grid)}), "video_shape");
+}
+
 StaShape resolve_sta_shape(const StaForwardArgs& a) {
   // ---- shapes ----
   validate_head_shape(a.dtype, a.batch, a.q_heads, a.kv_heads, a.head_dim, kMaxQueryHeads);
@@ -77,13 +82,7 @@ StaShape resolve_sta_shape(const StaForwardArgs& a) {
                     a.windows.size() == 1 ? std::string("windows[0]") : fmt::format("windows[{}]", h));
 
   // ---- tensors ----
-  validate_device_tensor("q", a.q, a.batch, a.q_heads, a.head_dim, 16, "TMA");
-  validate_device_tensor("k", a.k, a.batch, a.kv_heads, a.head_dim, 16, "TMA");
-  validate_device_tensor("v", a.v, a.batch, a.kv_heads, a.head_dim, 16, "TMA");
-  validate_device_tensor("out", a.out, a.batch, a.q_heads, a.head_dim, 16, "TMA");
-  if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0)
-    throw_argument_error("lse", "must be 4-byte aligned");
-  validate_softmax_scale(a.scale);
+  validate_attention_io(a, "TMA");
   return sta;
 }
 
@@ -93,20 +92,21 @@ StaForwardProblem resolve_sta_forward(const StaForwardArgs& a, int block_n) {
   const detail::TileBlocks key = sta.blocks(block_n != 0 ? block_n : choose_block_n(a));
   const BatchLaunches batch =
       batch_launches(a.batch, {{a.q, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads}, {a.out, a.q_heads}});
-  const int64_t blocks_per_bh =
-      sta.geometry.num_tiles() * query.per_tile + detail::ceil_div(a.text_len, int64_t{query.rows(sta.grid)});
-  const int64_t ctas = batch.batch_per_launch * a.q_heads * blocks_per_bh;
+  const int64_t ctas = batch.batch_per_launch * a.q_heads * sta.block_count(query);
   if (ctas >= (int64_t{1} << 31)) throw_argument_error("batch", "too many query blocks for one launch");
   return {std::move(sta), query, key, batch, ctas};
 }
 
-kernels::BackwardWorkspace sta_backward_workspace(const StaShape& sta) {
+namespace {
+
+// The workspace layout for `query_blocks` backward query blocks per head (checked arithmetic: throws
+// ArgumentError, never a wrapped size).
+kernels::BackwardWorkspace backward_workspace(const StaShape& sta, int64_t query_blocks) {
   const StaForwardArgs& f = *sta.args;
-  const detail::TileBlocks query = sta.blocks(kernels::kBwdQueryRows);  // validate_gpu_tile: whole frames, no throw
-  const int64_t query_blocks = checked_add(checked_mul(sta.geometry.num_tiles(), query.per_tile, "video_shape"),
-                                           detail::ceil_div(f.text_len, int64_t{query.rows(sta.grid)}), "video_shape");
   return kernels::backward_workspace_layout(checked_product({f.batch, f.q_heads, query_blocks}, "batch"), f.head_dim);
 }
+
+}  // namespace
 
 StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& a) {
   const StaForwardArgs& f = a.forward;
@@ -116,7 +116,10 @@ StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& a) {
   validate_device_tensor("grad_q", a.grad_q, f.batch, f.q_heads, f.head_dim, 16, "TMA");
   validate_device_tensor("grad_k", a.grad_k, f.batch, f.kv_heads, f.head_dim, 16, "TMA");
   validate_device_tensor("grad_v", a.grad_v, f.batch, f.kv_heads, f.head_dim, 16, "TMA");
-  const kernels::BackwardWorkspace workspace = sta_backward_workspace(sta);
+  // kBwdQueryRows / kBwdKeyRows rows: whole frames of every tile validate_gpu_tile accepts, so these do not throw.
+  const detail::TileBlocks query = sta.blocks(kernels::kBwdQueryRows), key = sta.blocks(kernels::kBwdKeyRows);
+  const int64_t num_query_blocks = sta.block_count(query);
+  const kernels::BackwardWorkspace workspace = backward_workspace(sta, num_query_blocks);
   if (a.workspace == nullptr) throw_argument_error("workspace", "is null");
   if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0)
     throw_argument_error("workspace", "must be 256-byte aligned");
@@ -124,14 +127,11 @@ StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& a) {
     throw_argument_error("workspace", fmt::format("holds {} bytes; this call needs {} "
                                                   "(sta_backward_workspace_bytes)", a.workspace_bytes, workspace.total));
 
-  const detail::TileBlocks query = sta.blocks(kernels::kBwdQueryRows), key = sta.blocks(kernels::kBwdKeyRows);
-  const int64_t num_query_blocks =
-      sta.geometry.num_tiles() * query.per_tile + detail::ceil_div(f.text_len, int64_t{query.rows(sta.grid)});
   const int64_t num_text_key_blocks = detail::ceil_div(f.text_len, int64_t{key.rows(sta.grid)});
   const BatchLaunches batch = batch_launches(f.batch, {{f.q, f.q_heads}, {f.k, f.kv_heads}, {f.v, f.kv_heads},
                                                        {a.grad_out, f.q_heads}, {a.grad_q, f.q_heads},
                                                        {a.grad_k, f.kv_heads}, {a.grad_v, f.kv_heads}});
-  const int64_t key_blocks = sta.geometry.num_tiles() * key.per_tile + num_text_key_blocks;
+  const int64_t key_blocks = sta.block_count(key);
   const int64_t key_ctas = batch.batch_per_launch * f.kv_heads * key_blocks;
   const int64_t query_chunks = batch.batch_per_launch * f.q_heads * num_query_blocks;
   if (key_ctas >= (int64_t{1} << 31) || query_chunks >= (int64_t{1} << 31))
@@ -143,7 +143,8 @@ StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& a) {
 }  // namespace ops
 
 int64_t sta_backward_workspace_bytes(const StaForwardArgs& forward) {
-  return ops::sta_backward_workspace(ops::resolve_sta_shape(forward)).total;
+  const ops::StaShape sta = ops::resolve_sta_shape(forward);
+  return ops::backward_workspace(sta, sta.block_count(sta.blocks(kernels::kBwdQueryRows))).total;
 }
 
 }  // namespace tileattn

@@ -25,6 +25,8 @@ struct StaShape {
 
   // Blocks of `rows` tokens (whole frames of a tile; throws ArgumentError naming "tile" otherwise).
   detail::TileBlocks blocks(int rows) const;
+  // How many blocks of that kind a head has: the video tiles' blocks, then the text's (checked arithmetic).
+  int64_t block_count(const detail::TileBlocks& blocks) const;
 };
 // Validates the forward's arguments (throws ArgumentError naming the offending argument).
 StaShape resolve_sta_shape(const StaForwardArgs& args);
@@ -50,7 +52,5 @@ struct StaBackwardProblem {
 };
 // The forward's checks on args.forward, plus: lse present, gradient tensors, workspace size and alignment.
 StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& args);
-// The workspace layout of a backward over `sta` (checked arithmetic: throws ArgumentError, never a wrapped size).
-kernels::BackwardWorkspace sta_backward_workspace(const StaShape& sta);
 
 }  // namespace tileattn::ops
