@@ -33,8 +33,16 @@ struct StaForwardArgs {
   const int32_t* text_valid = nullptr;   // optional device array [batch]: valid text tokens (clamped to [0, text_len])
   std::span<const Window> windows;       // empty: dense; one window: all heads; else one per query head
   float scale = 0.0f;                    // 0: 1 / sqrt(head_dim)
+  Precision precision = Precision::native;
+  // precision = fp8: device scratch for the quantized operands and their scales, sta_forward_workspace_bytes(args)
+  // bytes, 256-byte aligned; overwritten. Unused (may be null) for native precision.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
+// Bytes of `workspace` the forward needs: 0 for native precision; for fp8 about 3 * tokens * heads * head_dim bytes
+// (the e4m3 copies of Q, K and V) plus the scales. Validates the arguments like sta_forward.
+int64_t sta_forward_workspace_bytes(const StaForwardArgs& args);
 void sta_forward(const StaForwardArgs& args, StreamHandle stream);
 
 // Sliding Tile Attention backward on the GPU (Hopper, sm_90a): dQ, dK, dV of the call described by `forward`, whose
