@@ -29,6 +29,7 @@ struct StaGeometryParams {
   detail::TileBlocks query, key;    // frames per block = rows / (tile_h * tile_w)
   int tile_major;                   // 1: tile-major token order
   int num_video_tokens;
+  int padded_video_rows;            // tiles * tile volume: the video part of the e4m3 kernel's padded tile-major rows
   int text_len;
   int num_text_query_blocks;
   const int32_t* text_valid;        // optional [batch]: valid text tokens of each batch element

@@ -7,8 +7,12 @@
 
 namespace tileattn {
 
+int64_t sta_forward_workspace_bytes(const StaForwardArgs& args) { return ops::resolve_sta_forward(args).workspace_bytes(); }
+
 void sta_forward(const StaForwardArgs& args, StreamHandle stream) {
-  ops::run_sta_forward(ops::resolve_sta_forward(args), stream);
+  const ops::StaForwardProblem problem = ops::resolve_sta_forward(args);
+  ops::validate_sta_forward_workspace(problem);
+  ops::run_sta_forward(problem, stream);
 }
 
 void sta_backward(const StaBackwardArgs& args, StreamHandle stream) {

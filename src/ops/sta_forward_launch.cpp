@@ -6,6 +6,7 @@
 #include "kernels/sta_kernel_params.hpp"
 #include "ops/kernel_backend.hpp"
 #include "ops/kernel_dispatch.hpp"
+#include "ops/sta_fp8_launch.hpp"
 #include "ops/tensor_maps.hpp"
 #include "tileattn/error.hpp"
 
@@ -55,6 +56,7 @@ std::vector<StaLaunch> initialize_sta_forward(const ops::StaForwardProblem& prob
 
 void ops::run_sta_forward(const StaForwardProblem& problem, StreamHandle stream) {
   require_hopper_gpu("sta_forward");
+  if (problem.fp8) return run_sta_fp8_forward(problem, stream);
   const StaForwardArgs& a = *problem.sta.args;
   const int block_n = problem.key.rows(problem.sta.grid);
   auto* s = static_cast<CUstream_st*>(stream);

@@ -94,7 +94,34 @@ StaForwardProblem resolve_sta_forward(const StaForwardArgs& a, int block_n) {
       batch_launches(a.batch, {{a.q, a.q_heads}, {a.k, a.kv_heads}, {a.v, a.kv_heads}, {a.out, a.q_heads}});
   const int64_t ctas = batch.batch_per_launch * a.q_heads * sta.block_count(query);
   if (ctas >= (int64_t{1} << 31)) throw_argument_error("batch", "too many query blocks for one launch");
-  return {std::move(sta), query, key, batch, ctas};
+  StaForwardProblem problem{std::move(sta), query, key, batch, ctas};
+  if (a.precision != Precision::native && a.precision != Precision::fp8)
+    throw_argument_error("precision", fmt::format("must be native (0) or fp8 (1), got {}", int(a.precision)));
+  if (a.precision == Precision::fp8) {
+    const VideoGeometry& geo = problem.sta.geometry;
+    problem.fp8 = true;
+    problem.fp8_workspace = kernels::fp8_workspace_layout(
+        a.batch, a.q_heads, a.kv_heads, a.head_dim, checked_mul(geo.num_tiles(), a.tile.volume(), "video_shape"),
+        geo.num_tokens(), a.text_len);
+    const kernels::Fp8Workspace& w = problem.fp8_workspace;
+    // The pre-pass's grids put batch * heads in y (at most 65535) and the kernels index rows with int.
+    if (w.q_bh > 65535) throw_argument_error("batch", "fp8: batch * q_heads must be <= 65535");
+    if (w.rows >= (int64_t{1} << 31) / 256) throw_argument_error("video_shape", "fp8: too many tokens per head");
+  }
+  return problem;
+}
+
+void validate_sta_forward_workspace(const StaForwardProblem& problem) {
+  const StaForwardArgs& a = *problem.sta.args;
+  if (problem.workspace_bytes() == 0) return;
+  if (a.workspace == nullptr)
+    throw_argument_error("workspace", fmt::format("precision fp8 needs a workspace of {} bytes "
+                                                  "(sta_forward_workspace_bytes)", problem.workspace_bytes()));
+  if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0)
+    throw_argument_error("workspace", "must be 256-byte aligned");
+  if (a.workspace_bytes < problem.workspace_bytes())
+    throw_argument_error("workspace_bytes", fmt::format("{} bytes given, {} needed (sta_forward_workspace_bytes)",
+                                                        a.workspace_bytes, problem.workspace_bytes()));
 }
 
 namespace {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/backward_workspace.hpp"
+#include "kernels/fp8_workspace.hpp"
 #include "ops/attention_call.hpp"
 #include "tileattn/detail/tile_grid.hpp"
 #include "tileattn/export.hpp"
@@ -36,10 +37,17 @@ struct StaForwardProblem {
   detail::TileBlocks query{}, key{};  // query blocks of kQueryBlockRows rows, key blocks of block_n rows
   BatchLaunches batch;
   int64_t ctas_per_launch = 0;
+  bool fp8 = false;            // precision = fp8: the quantizing pre-pass, then the e4m3 kernel
+  kernels::Fp8Workspace fp8_workspace{};  // fp8 only (workspace_bytes() = its total)
+
+  int64_t workspace_bytes() const { return fp8 ? fp8_workspace.total : 0; }
 };
 // block_n = 0: the production kernel's key-block width (192 where the tile allows it for head dim 128, else 128).
 // Exported for tools/sta_variants (kernel configurations timed side by side).
 TILEATTN_EXPORT StaForwardProblem resolve_sta_forward(const StaForwardArgs& args, int block_n = 0);
+// The call's workspace against workspace_bytes() (present, 256-byte aligned, large enough): run_sta_forward's
+// precondition, apart from resolving since a size query resolves without one.
+void validate_sta_forward_workspace(const StaForwardProblem& problem);
 
 struct StaBackwardProblem {
   const StaBackwardArgs* args = nullptr;

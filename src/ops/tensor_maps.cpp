@@ -27,7 +27,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 template <int Rank>
 CUtensorMap make_tensor_map(const char* name, void* base, CUtensorMapDataType dtype, std::array<uint64_t, Rank> dims,
-                            std::array<uint64_t, Rank - 1> strides_bytes, std::array<uint32_t, Rank> box) {
+                            std::array<uint64_t, Rank - 1> strides_bytes, std::array<uint32_t, Rank> box,
+                            CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
   for (int i = 0; i < Rank; ++i)
     if (dims[i] == 0 || box[i] == 0 || box[i] > 256)
       throw CudaError(fmt::format("tileattn: tensor map '{}': dimension {} has extent {} and box {}", name, i,
@@ -36,7 +37,7 @@ CUtensorMap make_tensor_map(const char* name, void* base, CUtensorMapDataType dt
   std::array<uint32_t, Rank> element_strides;
   element_strides.fill(1);
   CUresult r = tensor_map_encoder()(&map, dtype, Rank, base, dims.data(), strides_bytes.data(), box.data(),
-                                    element_strides.data(), CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    element_strides.data(), CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                                     CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw CudaError(fmt::format("tileattn: cuTensorMapEncodeTiled failed for '{}' (CUresult {})", name, int(r)));
@@ -48,6 +49,17 @@ CUtensorMapDataType map_dtype(DType d) {
 }
 
 }  // namespace
+
+CUtensorMap byte_rows_map(const char* name, void* base, uint64_t row_bytes, uint64_t rows, uint64_t outer,
+                          uint32_t box_rows, uint32_t box_bytes, CUtensorMapSwizzle swizzle) {
+  return make_tensor_map<3>(name, base, CU_TENSOR_MAP_DATA_TYPE_UINT8, {row_bytes, rows, outer},
+                            {row_bytes, row_bytes * rows}, {box_bytes, box_rows, 1}, swizzle);
+}
+
+CUtensorMap float_rows_map(const char* name, void* base, uint64_t row_elems, uint64_t rows, uint32_t box_elems) {
+  return make_tensor_map<2>(name, base, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, {row_elems, rows}, {row_elems * 4},
+                            {box_elems, 1}, CU_TENSOR_MAP_SWIZZLE_NONE);
+}
 
 void fill_window_table(const ops::StaShape& sta, int16_t (&table)[kMaxHeads][3]) {
   for (size_t h = 0; h < sta.windows.size(); ++h) {

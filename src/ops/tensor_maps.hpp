@@ -32,6 +32,12 @@ class TensorMapFactory {
   const ops::StaShape* sta_ = nullptr;
 };
 
+// Maps over contiguous buffers (the e4m3 forward's workspace): `outer` blocks of `rows` rows of `row_bytes` bytes,
+// boxes of box_bytes x box_rows; and `rows` rows of `row_elems` fp32, boxes of box_elems x 1 (no swizzle).
+CUtensorMap byte_rows_map(const char* name, void* base, uint64_t row_bytes, uint64_t rows, uint64_t outer,
+                          uint32_t box_rows, uint32_t box_bytes, CUtensorMapSwizzle swizzle);
+CUtensorMap float_rows_map(const char* name, void* base, uint64_t row_elems, uint64_t rows, uint32_t box_elems);
+
 // The kernels' per-query-head window table (in tiles), from the resolved per-head windows.
 void fill_window_table(const ops::StaShape& sta, int16_t (&table)[kMaxHeads][3]);
 
@@ -47,6 +53,7 @@ inline void fill_sta_geometry(StaGeometryParams& p, const ops::StaShape& sta, co
   p.key = key;
   p.tile_major = a.layout == TokenLayout::tile_major;
   p.num_video_tokens = int(sta.geometry.num_video_tokens());
+  p.padded_video_rows = int(sta.geometry.num_tiles() * sta.geometry.tile().volume());
   p.text_len = int(a.text_len);
   p.num_text_query_blocks = int(detail::ceil_div(a.text_len, int64_t{query.rows(sta.grid)}));
   p.text_valid = a.text_valid;

@@ -45,6 +45,10 @@ struct Case {
   std::vector<int32_t> text_valid;  // empty: all text valid
   bool bshd = false;  // tensors stored as [B, S, H, D] (strided view), as diffusers produces them
   float scale = 0.0f;
+  Precision precision = Precision::native;
+  // Inputs shaped like real DiT activations (SageAttention's observations): K with large per-channel offsets, Q and
+  // K with a few outlier channels. Otherwise standard normal.
+  bool dit_like = false;
 };
 
 inline std::ostream& operator<<(std::ostream& os, const Case& c) {
@@ -57,7 +61,8 @@ inline std::ostream& operator<<(std::ostream& os, const Case& c) {
     for (int32_t v : c.text_valid) os << " " << v;
   }
   return os << (c.layout == TokenLayout::tile_major ? " tile-major" : "") << (c.dtype == DType::fp16 ? " fp16" : " bf16")
-            << (c.bshd ? " bshd" : "");
+            << (c.bshd ? " bshd" : "") << (c.precision == Precision::fp8 ? " precision fp8" : "")
+            << (c.dit_like ? " dit-like inputs" : "");
 }
 
 // One case per feature the kernels expose: exact and partial tiles, 1-tile axes, dense, text 1/77/256/333, per-head
@@ -140,6 +145,25 @@ class Problem {
     }
     return bits;
   }
+  // What random() gives for a tensor of the case: for dit_like inputs, Q and K (role 'q' / 'k') get channels
+  // 3, 17, 40 scaled by 10 and K a per-channel offset of N(0, 1) x 8 (the same for every token of a head).
+  std::vector<uint16_t> random_input(char role, int64_t heads, std::vector<float>& values) {
+    std::vector<uint16_t> bits = random(heads, values);
+    if (!c_.dit_like || role == 'v') return bits;
+    const int64_t d = c_.head_dim;
+    std::normal_distribution<float> normal;
+    std::vector<float> offset(c_.batch * heads * d);
+    for (float& o : offset) o = role == 'k' ? 8.0f * normal(rng_) : 0.0f;
+    for (size_t i = 0; i < values.size(); ++i) {
+      const int64_t channel = int64_t(i) % d, bh = int64_t(i) / (tokens() * d);
+      float x = values[i];
+      if (channel == 3 || channel == 17 || channel == 40) x *= 10.0f;
+      x += offset[bh * d + channel];
+      bits[i] = detail::float_to_half_bits(x, c_.dtype);
+      values[i] = detail::half_bits_to_float(bits[i], c_.dtype);
+    }
+    return bits;
+  }
   // Host [B, H, S, D] natural-order bits -> the case's token order and memory layout.
   std::vector<uint16_t> to_layout(const std::vector<uint16_t>& src, int64_t heads) const {
     const int64_t n = tokens(), d = c_.head_dim;
@@ -184,6 +208,7 @@ class Problem {
     a.q = tensor(q, c_.q_heads), a.k = tensor(k, c_.kv_heads), a.v = tensor(v, c_.kv_heads);
     a.out = tensor(out, c_.q_heads);
     a.lse = lse, a.text_valid = text_valid, a.windows = c_.windows, a.scale = c_.scale;
+    a.precision = c_.precision;
     return a;
   }
 
@@ -196,11 +221,12 @@ class Problem {
 // Relative L2 error of `got` against `want`; non-finite entries of `got` are counted, not summed.
 struct Comparison {
   double rel_l2 = 0;
+  double cosine = 0;  // cosine similarity of the whole tensors
   int64_t non_finite = 0;
 };
 inline Comparison compare(const std::vector<float>& got, const std::vector<float>& want) {
   Comparison r;
-  double diff2 = 0, ref2 = 0;
+  double diff2 = 0, ref2 = 0, got2 = 0, dot = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     if (!std::isfinite(got[i])) {
       ++r.non_finite;
@@ -208,8 +234,11 @@ inline Comparison compare(const std::vector<float>& got, const std::vector<float
     }
     diff2 += double(got[i] - want[i]) * (got[i] - want[i]);
     ref2 += double(want[i]) * want[i];
+    got2 += double(got[i]) * got[i];
+    dot += double(got[i]) * want[i];
   }
   r.rel_l2 = std::sqrt(diff2 / std::max(ref2, 1e-30));
+  r.cosine = dot / std::max(std::sqrt(got2 * ref2), 1e-30);
   return r;
 }
 

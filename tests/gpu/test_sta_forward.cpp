@@ -20,7 +20,7 @@ using namespace tileattn::testing;
 namespace {
 
 struct Errors {
-  double rel_l2 = 0, lse_max_abs = 0;
+  double rel_l2 = 0, cosine = 0, lse_max_abs = 0;
   int64_t non_finite = 0;
 };
 
@@ -30,8 +30,9 @@ void run_case(const Case& c, uint64_t seed, Errors& errors) {
   const int64_t n = problem.tokens(), d = c.head_dim;
   const int64_t q_elems = problem.elems(c.q_heads), kv_elems = problem.elems(c.kv_heads);
   std::vector<float> q, k, v;
-  const std::vector<uint16_t> qb = problem.random(c.q_heads, q), kb = problem.random(c.kv_heads, k),
-                              vb = problem.random(c.kv_heads, v);
+  const std::vector<uint16_t> qb = problem.random_input('q', c.q_heads, q),
+                              kb = problem.random_input('k', c.kv_heads, k),
+                              vb = problem.random_input('v', c.kv_heads, v);
   void *dq, *dk, *dv, *dout;
   float* dlse;
   int32_t* dvalid = nullptr;
@@ -50,8 +51,17 @@ void run_case(const Case& c, uint64_t seed, Errors& errors) {
     CUDA_OK(cudaMalloc(&dvalid, c.batch * 4));
     CUDA_OK(cudaMemcpy(dvalid, c.text_valid.data(), c.batch * 4, cudaMemcpyHostToDevice));
   }
-  sta_forward(problem.forward_args(dq, dk, dv, dout, dlse, dvalid), nullptr);
+  StaForwardArgs args = problem.forward_args(dq, dk, dv, dout, dlse, dvalid);
+  void* workspace = nullptr;
+  args.workspace_bytes = sta_forward_workspace_bytes(args);
+  if (args.workspace_bytes > 0) {
+    CUDA_OK(cudaMalloc(&workspace, args.workspace_bytes));
+    CUDA_OK(cudaMemset(workspace, 0xFF, args.workspace_bytes));  // NaN scales: the pre-pass must write all it reads
+  }
+  args.workspace = workspace;
+  sta_forward(args, nullptr);
   CUDA_OK(cudaDeviceSynchronize());
+  cudaFree(workspace);
 
   std::vector<uint16_t> out_bits(q_elems);
   CUDA_OK(cudaMemcpy(out_bits.data(), dout, q_elems * 2, cudaMemcpyDeviceToHost));
@@ -73,6 +83,7 @@ void run_case(const Case& c, uint64_t seed, Errors& errors) {
                            opts);
   const Comparison cmp = compare(out, ref);
   errors.rel_l2 = cmp.rel_l2;
+  errors.cosine = cmp.cosine;
   errors.non_finite = cmp.non_finite;
   for (size_t i = 0; i < ref_lse.size(); ++i) {
     if (!std::isfinite(lse_dev[i])) {
@@ -98,6 +109,24 @@ class StaForwardGpu : public ::testing::Test {
     EXPECT_LT(e.lse_max_abs, 2e-3) << c;
     std::printf("  %-28s rel L2 %.2e, LSE max |err| %.2e\n", c.name.c_str(), e.rel_l2, e.lse_max_abs);
   }
+  // precision = fp8 against the same fp64 reference (issue #15's targets: relative L2 <= 3e-2, cosine >= 0.999), with
+  // the native kernel's figures on the same inputs beside it.
+  void expect_fp8_matches_reference(Case c, uint64_t salt) {
+    Errors native, fp8;
+    c.precision = Precision::native;
+    run_case(c, test_seed() * 1000003 + salt, native);
+    if (HasFatalFailure()) return;
+    c.precision = Precision::fp8;
+    run_case(c, test_seed() * 1000003 + salt, fp8);
+    if (HasFatalFailure()) return;
+    EXPECT_EQ(fp8.non_finite, 0) << c;
+    EXPECT_LE(fp8.rel_l2, 3e-2) << c;
+    EXPECT_GE(fp8.cosine, 0.999) << c;
+    EXPECT_LT(fp8.lse_max_abs, 0.25) << c;
+    std::printf("  %-34s %-9s fp8: rel L2 %.2e cos %.6f LSE %.1e | native: rel L2 %.2e cos %.6f\n",
+                c.name.c_str(), c.dit_like ? "dit-like" : "normal", fp8.rel_l2, fp8.cosine, fp8.lse_max_abs,
+                native.rel_l2, native.cosine);
+  }
 };
 
 TEST_F(StaForwardGpu, SmallFixedShapes) {
@@ -118,6 +147,33 @@ TEST_F(StaForwardGpu, HunyuanShapeOneHead) {
   Case c{.name = "hunyuan 1 head", .q_heads = 1, .kv_heads = 1, .video = {30, 48, 80}, .text_len = 256,
          .windows = {{3, 3, 3}}};
   expect_matches_reference(c, 999);
+}
+
+TEST_F(StaForwardGpu, Fp8FixedShapes) {
+  const std::vector<Case> cases = feature_cases();
+  for (bool dit : {false, true})
+    for (size_t i = 0; i < cases.size(); ++i) {
+      Case c = cases[i];
+      c.dit_like = dit;
+      expect_fp8_matches_reference(c, 500 + i);
+    }
+}
+
+TEST_F(StaForwardGpu, Fp8RandomizedShapes) {
+  std::mt19937_64 rng(test_seed() + 7);
+  for (int trial = 0; trial < 16; ++trial) {
+    Case c = random_case(rng, "fp8 random #" + std::to_string(trial));
+    c.dit_like = trial % 2 == 1;
+    expect_fp8_matches_reference(c, 600 + trial);
+  }
+}
+
+TEST_F(StaForwardGpu, Fp8TextLengthsAtHunyuanTiles) {
+  for (int64_t text : {0, 1, 100, 256, 512}) {
+    Case c{.name = "tile 6x8x8, text " + std::to_string(text), .q_heads = 2, .kv_heads = 1, .video = {12, 24, 40},
+           .text_len = text, .windows = {{1, 3, 3}, {3, 3, 3}}, .dit_like = true};
+    expect_fp8_matches_reference(c, 700 + text);
+  }
 }
 
 // The call allocates nothing and never synchronises: it can be captured in a CUDA graph, and replays give the
@@ -171,6 +227,74 @@ TEST_F(StaForwardGpu, RejectsBadArgumentsBeforeLaunching) {
   } catch (const ArgumentError& e) {
     EXPECT_EQ(e.argument(), "head_dim");
   }
+}
+
+}  // namespace
+
+namespace {
+
+// hunyuan-720p (B=1, 24 heads, 30x48x80, D=128): the fp8 forward (pre-pass included) against the bf16 kernel on the
+// same inputs, interleaved rounds, CUDA events; prints the medians. Checks the fp8 output against the bf16 one
+// (the bf16 kernel is itself within 1e-2 of the fp64 reference at this scale, HunyuanShapeOneHead).
+TEST_F(StaForwardGpu, Fp8HunyuanScaleTiming) {
+  const VideoGeometry geo({30, 48, 80}, {6, 8, 8}, 256);
+  const int64_t heads = 24, d = 128, n_max = geo.num_tokens(), elems = heads * n_max * d;
+  void *q, *k, *v, *out_native, *out_fp8, *workspace = nullptr;
+  for (void** p : {&q, &k, &v, &out_native, &out_fp8}) CUDA_OK(cudaMalloc(p, elems * 2));
+  detail::fill_random_device(q, elems, DType::bf16, test_seed() + 11, 1.7f, nullptr);  // ~unit variance
+  detail::fill_random_device(k, elems, DType::bf16, test_seed() + 12, 1.7f, nullptr);
+  detail::fill_random_device(v, elems, DType::bf16, test_seed() + 13, 1.7f, nullptr);
+  cudaEvent_t start, stop;
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  for (int64_t text : {0, 256}) {
+    for (const Window& w : {Window{3, 3, 3}, Window{5, 5, 5}}) {
+      const int64_t n = geo.num_video_tokens() + text;
+      StaForwardArgs a;
+      a.q_heads = a.kv_heads = heads, a.head_dim = d, a.video = geo.video(), a.text_len = text;
+      a.q = {q, heads * n * d, n * d, d}, a.k = {k, heads * n * d, n * d, d}, a.v = {v, heads * n * d, n * d, d};
+      const std::vector<Window> windows = {w};
+      a.windows = windows;
+      StaForwardArgs f = a;
+      f.precision = Precision::fp8;
+      f.workspace_bytes = sta_forward_workspace_bytes(f);
+      if (workspace == nullptr) CUDA_OK(cudaMalloc(&workspace, f.workspace_bytes + (64 << 20)));
+      f.workspace = workspace;
+      a.out = {out_native, heads * n * d, n * d, d};
+      f.out = {out_fp8, heads * n * d, n * d, d};
+      std::vector<float> native_ms, fp8_ms;
+      for (int round = 0; round < 7; ++round) {
+        for (int which = 0; which < 2; ++which) {
+          const bool fp8 = (which + round) % 2 == 1;
+          CUDA_OK(cudaEventRecord(start));
+          sta_forward(fp8 ? f : a, nullptr);
+          CUDA_OK(cudaEventRecord(stop));
+          CUDA_OK(cudaEventSynchronize(stop));
+          float ms = 0;
+          CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+          if (round > 0) (fp8 ? fp8_ms : native_ms).push_back(ms);
+        }
+      }
+      std::sort(native_ms.begin(), native_ms.end());
+      std::sort(fp8_ms.begin(), fp8_ms.end());
+      std::vector<uint16_t> x(heads * n * d), y(heads * n * d);
+      CUDA_OK(cudaMemcpy(x.data(), out_native, x.size() * 2, cudaMemcpyDeviceToHost));
+      CUDA_OK(cudaMemcpy(y.data(), out_fp8, y.size() * 2, cudaMemcpyDeviceToHost));
+      std::vector<float> xf(x.size()), yf(y.size());
+      for (size_t i = 0; i < x.size(); ++i)
+        xf[i] = detail::half_bits_to_float(x[i], DType::bf16), yf[i] = detail::half_bits_to_float(y[i], DType::bf16);
+      const Comparison cmp = compare(yf, xf);
+      std::printf("  hunyuan-720p %s text %3lld: bf16 %.3f ms, fp8 %.3f ms (%.2fx); fp8 vs bf16 rel L2 %.2e cos %.6f\n",
+                  to_string(w).c_str(), static_cast<long long>(text), native_ms[native_ms.size() / 2],
+                  fp8_ms[fp8_ms.size() / 2], native_ms[native_ms.size() / 2] / fp8_ms[fp8_ms.size() / 2], cmp.rel_l2,
+                  cmp.cosine);
+      EXPECT_EQ(cmp.non_finite, 0);
+      EXPECT_LT(cmp.rel_l2, 3e-2);
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  for (void* p : {q, k, v, out_native, out_fp8, workspace}) cudaFree(p);
 }
 
 }  // namespace

@@ -44,17 +44,25 @@ __device__ void init_pipeline_barriers(Storage& sm, int k_full = 1, int v_full =
   __syncthreads();
 }
 
+// The operands of the forward's two GEMMs in the inputs' own 16-bit type: Q and K K-major, V MN-major in shared
+// memory, P packed from the S accumulator into 16-bit pairs. fp8/operands.cuh is the e4m3 sibling.
 template <class Cfg>
-struct ForwardConsumer {
+struct NativeOperands {
   using Element = typename Cfg::Element;
   using Tiles = ForwardTiles<Cfg>;
   static constexpr int kHeadDim = Cfg::kHeadDim;
-  static constexpr int kBlockN = Cfg::kBlockN;   // key rows per block
-  static constexpr int kStages = Cfg::kStages;
-  static constexpr int kScores = kBlockN / 2;     // S elements per consumer thread
+  static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kScores = kBlockN / 2;   // S elements per consumer thread
+  static constexpr int kPacked = kScores / 2;   // 32-bit registers of P per thread
+  static constexpr int kProbabilityLog2Scale = 0;  // probabilities are produced as 2^this * P
   using QK = typename MmaSS<Element, kBlockN>::Op;
   using PV = typename MmaRS<Element, kHeadDim>::Op;
 
+  // This warpgroup's 64 rows of the Q tile.
+  template <class Storage>
+  static __device__ __forceinline__ uint32_t q_rows(Storage& sm, int warpgroup) {
+    return smem_addr(sm.q) + warpgroup * 64 * 128;
+  }
   // S (64 x BlockN) = Q rows of this warpgroup x K block^T.
   static __device__ __forceinline__ void gemm_qk(uint32_t q_rows, uint32_t k_tile, float (&s)[kScores]) {
 #pragma unroll
@@ -66,17 +74,25 @@ struct ForwardConsumer {
     }
   }
   // O (64 x HeadDim) += P (64 x BlockN, registers) x V block (BlockN x HeadDim).
-  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kScores / 2], uint32_t v_tile,
+  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kPacked], uint32_t v_tile,
                                                  float (&o)[kHeadDim / 2]) {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
       mma_rs<PV>(&p[4 * kk], smem_desc_mn_major(v_tile + kk * 16 * 128, Tiles::kKeyAtomBytes), o,
                  std::make_index_sequence<kHeadDim / 2>{});
   }
-
-  static __device__ __forceinline__ void pack_probabilities(const float (&s)[kScores], uint32_t (&p)[kScores / 2]) {
+  static __device__ __forceinline__ void pack_probabilities(const float (&s)[kScores], uint32_t (&p)[kPacked]) {
     pack_fragment<Element>(s, p);
   }
+};
+
+template <class Cfg, class Operands = NativeOperands<Cfg>>
+struct ForwardConsumer {
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockN = Cfg::kBlockN;   // key rows per block
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kScores = kBlockN / 2;     // S elements per consumer thread
+  static constexpr int kPacked = Operands::kPacked;
 
   // What a consumer thread hands the epilogue: its O rows (unnormalised), their 1 / row sum and LSE.
   struct Result {
@@ -90,7 +106,7 @@ struct ForwardConsumer {
   template <class Storage, class KeyTiles>
   static __device__ void consume(Storage& sm, KeyTiles& tiles, float scale_log2, int warpgroup, Result& out) {
     const bool lane0 = threadIdx.x % 32 == 0;
-    const uint32_t q_rows = smem_addr(sm.q) + warpgroup * 64 * 128;
+    const uint32_t q_rows = Operands::q_rows(sm, warpgroup);
     auto k_tile = [&](int stage) { return smem_addr(sm.k[stage]); };
     auto v_tile = [&](int stage) { return smem_addr(sm.v[stage]); };
     auto release = [&](uint64_t* bar) {
@@ -116,10 +132,10 @@ struct ForwardConsumer {
       if (warpgroup == 1) named_barrier_arrive(NamedBarrier::kSchedulerTurn, 256, 1 - warpgroup);
 
     float s[kScores];
-    uint32_t probs[kScores / 2];
+    uint32_t probs[kPacked];
 #pragma unroll
     for (int i = 0; i < kHeadDim / 2; ++i) out.o[i] = 0.0f;
-    OnlineSoftmax<kScores> softmax(scale_log2);
+    OnlineSoftmax<kScores, Operands::kProbabilityLog2Scale> softmax(scale_log2);
     float correction[2];
 
     const int n = tiles.count();
@@ -130,7 +146,7 @@ struct ForwardConsumer {
     mbarrier_wait(&sm.k_full[0], 0);
     wait_turn();
     wgmma_fence();
-    gemm_qk(q_rows, k_tile(0), s);
+    Operands::gemm_qk(q_rows, k_tile(0), s);
     wgmma_commit();
     pass_turn(false);
     wgmma_wait<0>();
@@ -138,7 +154,7 @@ struct ForwardConsumer {
     tiles.mask(sm, 0, s);
     release_k(&sm.k_empty[0]);
     softmax.template update<true>(s, correction);
-    pack_probabilities(s, probs);
+    Operands::pack_probabilities(s, probs);
 
     for (int i = 1; i < n; ++i) {
       const int prev_stage = stage;
@@ -149,11 +165,11 @@ struct ForwardConsumer {
       fence_registers(out.o);
       fence_registers(probs);
       wgmma_fence();
-      gemm_qk(q_rows, k_tile(stage), s);
+      Operands::gemm_qk(q_rows, k_tile(stage), s);
       wgmma_commit();
       mbarrier_wait(&sm.v_full[prev_stage], prev_phase);
       wgmma_fence();
-      gemm_pv(probs, v_tile(prev_stage), out.o);
+      Operands::gemm_pv(probs, v_tile(prev_stage), out.o);
       wgmma_commit();
       pass_turn(false);
       wgmma_wait<1>();  // S of block i is ready; PV of block i-1 may still run
@@ -166,14 +182,14 @@ struct ForwardConsumer {
       fence_registers(probs);
       release(&sm.v_empty[prev_stage]);
       scale_rows(out.o, correction);
-      pack_probabilities(s, probs);
+      Operands::pack_probabilities(s, probs);
     }
     mbarrier_wait(&sm.v_full[stage], phase);
     wait_turn();
     fence_registers(out.o);
     fence_registers(probs);
     wgmma_fence();
-    gemm_pv(probs, v_tile(stage), out.o);
+    Operands::gemm_pv(probs, v_tile(stage), out.o);
     wgmma_commit();
     pass_turn(true);
     wgmma_wait<0>();

@@ -33,6 +33,16 @@ struct TokenRowsOutput {
   }
 };
 
+// Where the epilogue stages O: a storage's own `o` tile if it has one (the e4m3 kernel, whose Q tile is smaller than
+// O), else the Q tile, free once the last QK^T has run (each warpgroup overwrites only its own Q rows).
+template <class Storage>
+__device__ __forceinline__ uint8_t* output_staging(Storage& sm) {
+  if constexpr (requires { sm.o; })
+    return reinterpret_cast<uint8_t*>(sm.o);
+  else
+    return reinterpret_cast<uint8_t*>(sm.q);
+}
+
 template <class Cfg>
 struct Epilogue {
   using Element = typename Cfg::Element;
@@ -43,7 +53,7 @@ struct Epilogue {
   static __device__ void store(const AttentionParams& a, Storage& sm, const Output& out, int warpgroup, Result& r) {
     // Rows of this thread within the 128-row block.
     const int row0 = warpgroup * 64 + Fragment::row0();
-    uint8_t* tile = reinterpret_cast<uint8_t*>(sm.q);
+    uint8_t* tile = output_staging(sm);
 #pragma unroll
     for (int e = 0; e < Fragment::kRegs; e += 2) {
       const float f = r.inverse_sum[Fragment::row_half(e)];

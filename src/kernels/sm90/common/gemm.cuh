@@ -55,6 +55,26 @@ TILEATTN_GMMA_TRANSPOSED(32)
 TILEATTN_GMMA_TRANSPOSED(64)
 #undef TILEATTN_GMMA_TRANSPOSED
 
+// e4m3 x e4m3 -> fp32, k = 32 per instruction; both operands K-major (the only form 8-bit wgmma has): S = Q K^T
+// (SS) and O += P V (RS, V stored transposed).
+template <int N>
+struct MmaE4m3SS;
+template <int N>
+struct MmaE4m3RS;
+#define TILEATTN_GMMA_E4M3(N)                                     \
+  template <>                                                    \
+  struct MmaE4m3SS<N> {                                          \
+    using Op = gmma::MMA_64x##N##x32_F32E4M3E4M3_SS_TN<>;        \
+  };                                                             \
+  template <>                                                    \
+  struct MmaE4m3RS<N> {                                          \
+    using Op = gmma::MMA_64x##N##x32_F32E4M3E4M3_RS_TN<>;        \
+  };
+TILEATTN_GMMA_E4M3(64)
+TILEATTN_GMMA_E4M3(128)
+TILEATTN_GMMA_E4M3(192)
+#undef TILEATTN_GMMA_E4M3
+
 template <class Op, int N, size_t... I>
 __device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
                                        std::index_sequence<I...>) {

@@ -1,7 +1,9 @@
 #pragma once
 // Online softmax over an S tile in the wgmma accumulator layout (AccFragment): each thread holds two rows, spread
 // over the 4 threads of a quad. Scores are kept unscaled; the softmax scale is folded into one exp2 FMA. Row sums
-// stay per thread until the end (one quad reduction).
+// stay per thread until the end (one quad reduction). kLog2Scale > 0 produces the probabilities as 2^kLog2Scale * P
+// (the e4m3 consumer's range, fp8/operands.cuh); sums carry the same factor, so O / sum is unchanged and only the LSE
+// takes it out again.
 #include <cstdint>
 
 #include "kernels/sm90/common/fragment.cuh"
@@ -14,7 +16,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-template <int kScores>
+template <int kScores, int kLog2Scale = 0>
 struct OnlineSoftmax {
   using Fragment = AccFragment<2 * kScores>;
   float row_max[2];  // unscaled running max of each row
@@ -37,6 +39,7 @@ struct OnlineSoftmax {
       correction[r] = kFirst ? 1.0f : fast_exp2(row_max[r] * scale_log2 - max_scaled);
       row_max[r] = new_max;
       block_max[r] = max_scaled;  // reuse as the subtrahend
+      if constexpr (kLog2Scale != 0) block_max[r] -= float(kLog2Scale);
     }
     float block_sum[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -56,7 +59,9 @@ struct OnlineSoftmax {
     for (int r = 0; r < 2; ++r) {
       const float sum = quad_sum(row_sum[r]);
       inverse_sum[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
-      lse[r] = sum > 0.0f ? (row_max[r] * scale_log2 + __log2f(sum)) * kLn2 : -INFINITY;
+      float log2_sum = __log2f(sum);
+      if constexpr (kLog2Scale != 0) log2_sum -= float(kLog2Scale);
+      lse[r] = sum > 0.0f ? (row_max[r] * scale_log2 + log2_sum) * kLn2 : -INFINITY;
     }
   }
 };

@@ -17,6 +17,7 @@ struct QueryBlock {
   int tile_t = 0, tile_h = 0, tile_w = 0;  // video: query tile
   int x1 = 0, x2 = 0, x3 = 0;              // video: map coordinates of the block's first row
   int text_row = 0;                        // text: first token
+  int row = 0;  // first row in the padded tile-major order of the e4m3 kernel's operands (fp8/)
 };
 
 __device__ __forceinline__ QueryBlock query_block_of(const StaKernelParams& p, int64_t cta) {
@@ -29,6 +30,7 @@ __device__ __forceinline__ QueryBlock query_block_of(const StaKernelParams& p, i
     bh = cta / g.num_text_query_blocks;
     q.text = true;
     q.text_row = g.num_video_tokens + int(cta % g.num_text_query_blocks) * kernels::kQueryBlockRows;
+    q.row = g.padded_video_rows + (q.text_row - g.num_video_tokens);
   } else {
     cta -= text_ctas;
     const int64_t per_bh = int64_t(g.grid.grid_t) * g.grid.grid_h * g.grid.grid_w * g.query.per_tile;
@@ -40,6 +42,7 @@ __device__ __forceinline__ QueryBlock query_block_of(const StaKernelParams& p, i
     q.tile_h = c.h;
     q.tile_t = c.t;
     q.empty = g.query.empty(g.grid, q.tile_t, sub);
+    q.row = (tile * g.grid.tile_t + sub * g.query.frames) << g.grid.log2_tile_plane;
     if (g.tile_major) {
       q.x1 = 0;
       q.x2 = 0;

@@ -14,6 +14,7 @@ struct KeyBlock {
   int x1, x2, x3;  // video: map coordinates of the first row
   int text_row;    // text: first token
   int text_count;  // text: valid rows
+  int row;         // first row in the padded tile-major order of the e4m3 kernel's operands (fp8/)
 };
 
 // Walks the key blocks (kBlockN rows each) of one query block: the window's tiles, then the valid text.
@@ -61,6 +62,7 @@ class KeyBlockWalker {
         k.masked = k.x1 + grid.tile_w > g_.extents.x1 || k.x2 + grid.tile_h > g_.extents.x2 ||
                    k.x3 + g_.key.frames > g_.extents.x3;
       }
+      k.row = (grid.tile_index(kt_, kh_, kw_) * grid.tile_t + sub_ * g_.key.frames) << grid.log2_tile_plane;
     } else {
       const int j = index_ - num_video_;
       k.text = true;
@@ -69,6 +71,7 @@ class KeyBlockWalker {
       const int left = text_valid_ - j * kBlockN;
       k.text_count = left < kBlockN ? left : kBlockN;
       k.masked = k.text_count < kBlockN;
+      k.row = g_.padded_video_rows + j * kBlockN;
     }
     return k;
   }

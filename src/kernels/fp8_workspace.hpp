@@ -1,0 +1,67 @@
+#pragma once
+// The e4m3 STA forward's workspace (host-only header: builds without CUDA size it too). What it holds and why:
+// docs/DESIGN.md "FP8 STA forward". Operands are in the padded tile-major row order: per (batch, head) `rows` rows,
+// first tiles * tile volume video rows (tile by tile, each tile's rows (t, h, w) with w fastest; rows past the video
+// edge are zeros), then the text; `rows` is rounded up so that any key block a plan can visit lies inside it.
+#include <cstdint>
+
+#include "tileattn/checked.hpp"
+
+namespace tileattn::kernels {
+
+inline constexpr int kFp8GroupRows = 64;        // rows sharing one Q or K scale (a consumer warpgroup's rows)
+inline constexpr int kFp8ScaleBox = 4;          // K scales per TMA box (16 bytes, TMA's minimum); >= 192 / 64
+inline constexpr int kFp8StatisticsRows = 2048; // token rows per CTA of the K/V statistics pass
+inline constexpr float kE4m3Max = 448.0f;       // largest finite e4m3 value
+
+struct Fp8Workspace {
+  int64_t video_rows = 0;  // tiles * tile volume
+  int64_t rows = 0;        // rows per (batch, head): a multiple of kFp8GroupRows * kFp8ScaleBox
+  int64_t groups = 0;      // rows / kFp8GroupRows
+  int64_t chunks = 0;      // statistics chunks per (batch, kv head)
+  int64_t q_bh = 0, kv_bh = 0, head_dim = 0;
+  // Byte offsets.
+  int64_t q8 = 0, k8 = 0, v8t = 0;                 // e4m3 [q_bh][rows][d], [kv_bh][rows][d], [kv_bh][d][rows]
+  int64_t q_scale = 0, k_scale = 0;                // fp32 [q_bh][groups], [kv_bh][groups]
+  int64_t v_scale = 0, k_mean = 0;                 // fp32 [kv_bh][d]
+  int64_t lse_shift = 0;                           // fp32 [q_bh][rows]: softmax_scale * (q . k_mean)
+  int64_t k_sum_partial = 0, v_max_partial = 0;    // fp32 [kv_bh][chunks][d]
+  int64_t total = 0;
+};
+
+// Checked arithmetic: a size that does not fit int64_t throws ArgumentError naming "batch".
+inline Fp8Workspace fp8_workspace_layout(int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                                         int64_t video_rows, int64_t num_tokens, int64_t text_len) {
+  constexpr const char* kArg = "batch";
+  auto align = [](int64_t x) { return checked_align_up(x, 256, kArg); };
+  auto bytes = [](std::initializer_list<int64_t> f) { return checked_product(f, kArg); };
+  Fp8Workspace w;
+  w.video_rows = video_rows;
+  // Text key blocks are up to 192 rows and the last one may start at the last text row.
+  const int64_t needed = checked_add(checked_add(video_rows, text_len, kArg), 192, kArg);
+  w.rows = checked_align_up(needed, kFp8GroupRows * kFp8ScaleBox, kArg);
+  w.groups = w.rows / kFp8GroupRows;
+  w.chunks = checked_ceil_div(num_tokens, int64_t{kFp8StatisticsRows}, kArg);
+  w.q_bh = checked_mul(batch, q_heads, kArg);
+  w.kv_bh = checked_mul(batch, kv_heads, kArg);
+  w.head_dim = head_dim;
+  int64_t at = 0;
+  auto take = [&](int64_t& field, int64_t size) {
+    field = at;
+    at = align(checked_add(at, size, kArg));
+  };
+  take(w.q8, bytes({w.q_bh, w.rows, head_dim}));
+  take(w.k8, bytes({w.kv_bh, w.rows, head_dim}));
+  take(w.v8t, bytes({w.kv_bh, w.rows, head_dim}));
+  take(w.q_scale, bytes({w.q_bh, w.groups, 4}));
+  take(w.k_scale, bytes({w.kv_bh, w.groups, 4}));
+  take(w.v_scale, bytes({w.kv_bh, head_dim, 4}));
+  take(w.k_mean, bytes({w.kv_bh, head_dim, 4}));
+  take(w.lse_shift, bytes({w.q_bh, w.rows, 4}));
+  take(w.k_sum_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
+  take(w.v_max_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
+  w.total = at;
+  return w;
+}
+
+}  // namespace tileattn::kernels

@@ -1,0 +1,76 @@
+#pragma once
+// The e4m3 operands of the forward's two GEMMs (the sibling of common/consumer.cuh's NativeOperands): the shared
+// consumer runs unchanged on them. e4m3 wgmma (k = 32 per instruction) takes both shared-memory operands K-major:
+//  - Q and K rows are head_dim bytes, one swizzle atom wide (128B swizzle for head dim 128, 64B for 64);
+//  - V is stored transposed (head-dim rows of keys) in atoms of 64 keys (64B swizzle), its keys permuted within
+//    each run of 32 (the pre-pass writes it so) such that P packs from the S accumulator with no data exchange:
+//    a thread holds S columns {2t, 2t+1, 8+2t, 9+2t} (+16) of each 32-column slice (AccFragment), and the 8-bit A
+//    operand takes k positions {4t .. 4t+3} (+16) in that order (CuTe's ALayout_64x32).
+//  - Probabilities are produced as 256 P (kProbabilityLog2Scale), using e4m3's range rather than [0, 1].
+#include <cuda_fp8.h>
+
+#include "kernels/sm90/common/consumer.cuh"
+#include "kernels/sm90/common/gemm.cuh"
+#include "kernels/fp8_value_order.hpp"  // the V^T key order the packing relies on
+
+namespace tileattn::sm90 {
+
+template <int HeadDim>
+__device__ __forceinline__ uint64_t e4m3_row_desc(uint32_t addr) {
+  if constexpr (HeadDim == 128)
+    return smem_desc_k_major(addr);
+  else
+    return smem_desc_k_major_64b(addr);
+}
+
+template <class Cfg>
+struct Fp8Operands {
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kScores = kBlockN / 2;
+  static constexpr int kPacked = kScores / 4;  // four e4m3 probabilities per 32-bit register
+  static constexpr int kProbabilityLog2Scale = 8;
+  static constexpr int kQueryTileBytes = kernels::kQueryBlockRows * kHeadDim;
+  static constexpr int kKeyTileBytes = kBlockN * kHeadDim;
+  static constexpr int kValueAtomKeys = 64;
+  static constexpr int kValueAtomBytes = kHeadDim * kValueAtomKeys;  // head_dim rows x 64 keys
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "e4m3 rows are one 64B or 128B swizzle atom");
+  static_assert(kBlockN % kValueAtomKeys == 0, "key blocks are whole V^T atoms");
+  using QK = typename MmaE4m3SS<kBlockN>::Op;
+  using PV = typename MmaE4m3RS<kHeadDim>::Op;
+
+  template <class Storage>
+  static __device__ __forceinline__ uint32_t q_rows(Storage& sm, int warpgroup) {
+    return smem_addr(sm.q) + warpgroup * 64 * kHeadDim;
+  }
+  static __device__ __forceinline__ void gemm_qk(uint32_t q_rows, uint32_t k_tile, float (&s)[kScores]) {
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 32; ++kk)  // 32 bytes of K per instruction, inside the swizzled row
+      mma_ss<QK>(e4m3_row_desc<kHeadDim>(q_rows + kk * 32), e4m3_row_desc<kHeadDim>(k_tile + kk * 32), s,
+                 kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One, std::make_index_sequence<kScores>{});
+  }
+  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kPacked], uint32_t v_tile,
+                                                 float (&o)[kHeadDim / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 32; ++kk)
+      mma_rs<PV>(&p[4 * kk], smem_desc_k_major_64b(v_tile + (kk / 2) * kValueAtomBytes + (kk % 2) * 32), o,
+                 std::make_index_sequence<kHeadDim / 2>{});
+  }
+  // Two scores -> two e4m3 bytes (the first in the low byte), rounded to nearest, saturating.
+  static __device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
+    return __nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3);
+  }
+  // Slice c (32 key columns, scores 16c .. 16c+15): register 4c + r holds row half r % 2, column half r / 2.
+  static __device__ __forceinline__ void pack_probabilities(const float (&s)[kScores], uint32_t (&p)[kPacked]) {
+#pragma unroll
+    for (int c = 0; c < kBlockN / 32; ++c) {
+      const float* x = &s[16 * c];
+      p[4 * c + 0] = e4m3x2(x[0], x[1]) | (e4m3x2(x[4], x[5]) << 16);
+      p[4 * c + 1] = e4m3x2(x[2], x[3]) | (e4m3x2(x[6], x[7]) << 16);
+      p[4 * c + 2] = e4m3x2(x[8], x[9]) | (e4m3x2(x[12], x[13]) << 16);
+      p[4 * c + 3] = e4m3x2(x[10], x[11]) | (e4m3x2(x[14], x[15]) << 16);
+    }
+  }
+};
+
+}  // namespace tileattn::sm90

@@ -1,0 +1,113 @@
+// The e4m3 STA forward's host side (no GPU needed): its arguments, its workspace layout, the V^T key order.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <set>
+
+#include "kernels/fp8_value_order.hpp"
+#include "kernels/fp8_workspace.hpp"
+#include "tileattn/error.hpp"
+#include "tileattn/sta.hpp"
+
+using namespace tileattn;
+
+namespace {
+
+alignas(256) char fake_tensor[256];
+
+StaForwardArgs fp8_args() {
+  StaForwardArgs a;
+  a.video = {6, 8, 8};
+  a.text_len = 10;
+  a.precision = Precision::fp8;
+  const int64_t n = 6 * 8 * 8 + 10;
+  a.q = a.k = a.v = a.out = {fake_tensor, n * 128, n * 128, 128};
+  return a;
+}
+
+std::string argument_of(const StaForwardArgs& a) {
+  try {
+    sta_forward(a, nullptr);
+  } catch (const ArgumentError& e) {
+    return e.argument();
+  } catch (const std::exception&) {
+    return "(not an ArgumentError)";
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(StaFp8, WorkspaceBytesCoverTheQuantizedCopies) {
+  StaForwardArgs a = fp8_args();
+  const int64_t bytes = sta_forward_workspace_bytes(a);
+  // e4m3 Q, K and V: at least one byte per element of each, padded rows included.
+  EXPECT_GE(bytes, 3 * (6 * 8 * 8 + 10) * 128);
+  a.precision = Precision::native;
+  EXPECT_EQ(sta_forward_workspace_bytes(a), 0);
+  a.precision = Precision::fp8;
+  a.q_heads = 4;
+  a.kv_heads = 2;
+  EXPECT_GT(sta_forward_workspace_bytes(a), bytes);
+}
+
+TEST(StaFp8, NamesTheBadArgument) {
+  StaForwardArgs a = fp8_args();
+  EXPECT_EQ(argument_of(a), "workspace");  // none given
+  std::vector<char> buffer(sta_forward_workspace_bytes(a) + 512);
+  char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(buffer.data()) + 255) & ~uintptr_t(255));
+  a.workspace = aligned + 16;
+  a.workspace_bytes = sta_forward_workspace_bytes(a);
+  EXPECT_EQ(argument_of(a), "workspace");  // misaligned
+  a.workspace = aligned;
+  a.workspace_bytes -= 1;
+  EXPECT_EQ(argument_of(a), "workspace_bytes");
+  a.precision = static_cast<Precision>(7);
+  EXPECT_EQ(argument_of(a), "precision");
+  // A complete call gets past validation: without a GPU it fails on the device, not on its arguments.
+  a = fp8_args();
+  a.workspace = aligned;
+  a.workspace_bytes = sta_forward_workspace_bytes(a);
+  if (!gpu_kernels_available()) EXPECT_THROW(sta_forward(a, nullptr), CudaError);
+}
+
+TEST(StaFp8, WorkspaceRowsHoldEveryBlockAPlanVisits) {
+  std::mt19937_64 rng(17);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t tiles = std::uniform_int_distribution<int64_t>(1, 400)(rng);
+    const int64_t volume = std::array<int64_t, 3>{128, 256, 384}[trial % 3];
+    const int64_t text = std::uniform_int_distribution<int64_t>(0, 700)(rng);
+    const kernels::Fp8Workspace w =
+        kernels::fp8_workspace_layout(2, 4, 2, 128, tiles * volume, tiles * volume + text, text);
+    EXPECT_EQ(w.rows % (kernels::kFp8GroupRows * kernels::kFp8ScaleBox), 0);
+    EXPECT_EQ(w.groups * kernels::kFp8GroupRows, w.rows);
+    for (int64_t block : {128, 192}) {
+      const int64_t text_blocks = (text + block - 1) / block;
+      EXPECT_LE(w.video_rows + text_blocks * block, w.rows);            // the last text key block
+      EXPECT_LE(w.video_rows + ((text + 127) / 128) * 128, w.rows);     // the last text query block
+    }
+    // Offsets are 256-byte aligned (TMA and bulk copies) and in order.
+    for (int64_t off : {w.q8, w.k8, w.v8t, w.q_scale, w.k_scale, w.v_scale, w.k_mean, w.lse_shift, w.k_sum_partial,
+                        w.v_max_partial, w.total})
+      EXPECT_EQ(off % 256, 0);
+    EXPECT_GE(w.k8 - w.q8, 2 * 4 * w.rows * 128);
+  }
+}
+
+// V^T's key order: a permutation of each 32 keys, and the one that lets thread t of a quad pack its own S columns
+// {2t, 2t+1, 8+2t, 9+2t} (+16: registers 8..15 of the slice) into A positions 4t .. 4t+3 (+16).
+TEST(StaFp8, ValueOrderMatchesTheAccumulatorToOperandPacking) {
+  std::set<int> keys;
+  for (int p = 0; p < 32; ++p) {
+    keys.insert(kernels::value_key_at(p));
+    EXPECT_EQ(kernels::value_position_of(kernels::value_key_at(p)), p);
+  }
+  EXPECT_EQ(keys.size(), 32u);
+  EXPECT_EQ(*keys.rbegin(), 31);
+  for (int t = 0; t < 4; ++t) {
+    const int columns[8] = {2 * t, 2 * t + 1, 8 + 2 * t, 9 + 2 * t, 16 + 2 * t, 17 + 2 * t, 24 + 2 * t, 25 + 2 * t};
+    const int positions[8] = {4 * t, 4 * t + 1, 4 * t + 2, 4 * t + 3, 16 + 4 * t, 17 + 4 * t, 18 + 4 * t, 19 + 4 * t};
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(kernels::value_key_at(positions[i]), columns[i]) << "thread " << t;
+  }
+}
