@@ -183,7 +183,17 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Fp8QuantizeParams 
     packed.y = e4m3x4(e[4] / scale, e[5] / scale, e[6] / scale, e[7] / scale);
     *reinterpret_cast<uint2*>(out + v * 8) = packed;
   }
-  if (threadIdx.x == 0) (kKeys ? buf.k_scale : buf.q_scale)[int64_t(bh) * p.layout.groups + group] = scale;
+  if (threadIdx.x == 0) {
+    if (!kKeys) {
+      buf.q_scale[int64_t(bh) * p.layout.groups + group] = scale;
+    } else {  // into the windows of the groups that start up to 3 before this one; the last windows' tails are 1
+      float* windows = buf.k_scale + int64_t(bh) * p.layout.groups * kFp8ScaleWindow;
+      for (int i = 0; i < kFp8ScaleWindow; ++i) {
+        if (group - i >= 0) windows[int64_t(group - i) * kFp8ScaleWindow + i] = scale;
+        if (i > 0 && group + i >= p.layout.groups) windows[int64_t(group) * kFp8ScaleWindow + i] = 1.0f;
+      }
+    }
+  }
 }
 
 // 4. One group of 64 padded key rows of V per CTA: scaled per channel, transposed through shared memory into V^T

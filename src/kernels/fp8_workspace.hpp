@@ -10,19 +10,22 @@
 namespace tileattn::kernels {
 
 inline constexpr int kFp8GroupRows = 64;        // rows sharing one Q or K scale (a consumer warpgroup's rows)
-inline constexpr int kFp8ScaleBox = 4;          // K scales per TMA box (16 bytes, TMA's minimum); >= 192 / 64
+inline constexpr int kFp8ScaleWindow = 4;       // K scales a key block reads (16 bytes, a bulk copy's unit); >= 192 / 64
 inline constexpr int kFp8StatisticsRows = 2048; // token rows per CTA of the K/V statistics pass
 inline constexpr float kE4m3Max = 448.0f;       // largest finite e4m3 value
 
 struct Fp8Workspace {
   int64_t video_rows = 0;  // tiles * tile volume
-  int64_t rows = 0;        // rows per (batch, head): a multiple of kFp8GroupRows * kFp8ScaleBox
+  int64_t rows = 0;        // rows per (batch, head): a multiple of 256
   int64_t groups = 0;      // rows / kFp8GroupRows
   int64_t chunks = 0;      // statistics chunks per (batch, kv head)
   int64_t q_bh = 0, kv_bh = 0, head_dim = 0;
   // Byte offsets.
   int64_t q8 = 0, k8 = 0, v8t = 0;                 // e4m3 [q_bh][rows][d], [kv_bh][rows][d], [kv_bh][d][rows]
-  int64_t q_scale = 0, k_scale = 0;                // fp32 [q_bh][groups], [kv_bh][groups]
+  int64_t q_scale = 0;                             // fp32 [q_bh][groups]
+  // fp32 [kv_bh][groups][kFp8ScaleWindow]: entry [g][i] is the scale of group g + i (1 past the last group), so a
+  // key block starting at group g copies its scales with one aligned 16-byte bulk copy.
+  int64_t k_scale = 0;
   int64_t v_scale = 0, k_mean = 0;                 // fp32 [kv_bh][d]
   int64_t lse_shift = 0;                           // fp32 [q_bh][rows]: softmax_scale * (q . k_mean)
   int64_t k_sum_partial = 0, v_max_partial = 0;    // fp32 [kv_bh][chunks][d]
@@ -39,7 +42,7 @@ inline Fp8Workspace fp8_workspace_layout(int64_t batch, int64_t q_heads, int64_t
   w.video_rows = video_rows;
   // Text key blocks are up to 192 rows and the last one may start at the last text row.
   const int64_t needed = checked_add(checked_add(video_rows, text_len, kArg), 192, kArg);
-  w.rows = checked_align_up(needed, kFp8GroupRows * kFp8ScaleBox, kArg);
+  w.rows = checked_align_up(needed, 256, kArg);
   w.groups = w.rows / kFp8GroupRows;
   w.chunks = checked_ceil_div(num_tokens, int64_t{kFp8StatisticsRows}, kArg);
   w.q_bh = checked_mul(batch, q_heads, kArg);
@@ -54,7 +57,7 @@ inline Fp8Workspace fp8_workspace_layout(int64_t batch, int64_t q_heads, int64_t
   take(w.k8, bytes({w.kv_bh, w.rows, head_dim}));
   take(w.v8t, bytes({w.kv_bh, w.rows, head_dim}));
   take(w.q_scale, bytes({w.q_bh, w.groups, 4}));
-  take(w.k_scale, bytes({w.kv_bh, w.groups, 4}));
+  take(w.k_scale, bytes({w.kv_bh, w.groups, kFp8ScaleWindow, 4}));
   take(w.v_scale, bytes({w.kv_bh, head_dim, 4}));
   take(w.k_mean, bytes({w.kv_bh, head_dim, 4}));
   take(w.lse_shift, bytes({w.q_bh, w.rows, 4}));

@@ -19,8 +19,8 @@ struct Fp8OperandParams {
   CUtensorMap q8;       // (d, rows, q_bh) bytes: boxes of (d, 128 rows)
   CUtensorMap k8;       // (d, rows, kv_bh): boxes of (d, block_n rows)
   CUtensorMap v8t;      // (rows, d, kv_bh): boxes of (64 keys, d)
-  CUtensorMap k_scale;  // (groups, kv_bh) fp32: boxes of kFp8ScaleBox groups
   const float* q_scale;    // [q_bh][groups]
+  const float* k_scale;    // [kv_bh][groups][kFp8ScaleWindow] (Fp8Workspace::k_scale)
   const float* v_scale;    // [kv_bh][d]
   const float* lse_shift;  // [q_bh][rows]
   int groups;

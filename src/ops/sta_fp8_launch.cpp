@@ -51,7 +51,7 @@ Fp8OperandParams operand_params(const ops::StaForwardProblem& problem) {
   f.k8 = byte_rows_map("k (fp8)", base + w.k8, d, rows, uint64_t(w.kv_bh), block_n, uint32_t(d), row_swizzle);
   f.v8t = byte_rows_map("v (fp8, transposed)", base + w.v8t, rows, d, uint64_t(w.kv_bh), uint32_t(d), 64,
                         CU_TENSOR_MAP_SWIZZLE_64B);
-  f.k_scale = float_rows_map("k scales", base + w.k_scale, uint64_t(w.groups), uint64_t(w.kv_bh), kFp8ScaleBox);
+  f.k_scale = reinterpret_cast<const float*>(base + w.k_scale);
   f.q_scale = reinterpret_cast<const float*>(base + w.q_scale);
   f.v_scale = reinterpret_cast<const float*>(base + w.v_scale);
   f.lse_shift = reinterpret_cast<const float*>(base + w.lse_shift);

@@ -56,11 +56,6 @@ CUtensorMap byte_rows_map(const char* name, void* base, uint64_t row_bytes, uint
                             {row_bytes, row_bytes * rows}, {box_bytes, box_rows, 1}, swizzle);
 }
 
-CUtensorMap float_rows_map(const char* name, void* base, uint64_t row_elems, uint64_t rows, uint32_t box_elems) {
-  return make_tensor_map<2>(name, base, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, {row_elems, rows}, {row_elems * 4},
-                            {box_elems, 1}, CU_TENSOR_MAP_SWIZZLE_NONE);
-}
-
 void fill_window_table(const ops::StaShape& sta, int16_t (&table)[kMaxHeads][3]) {
   for (size_t h = 0; h < sta.windows.size(); ++h) {
     table[h][0] = static_cast<int16_t>(sta.windows[h].t);

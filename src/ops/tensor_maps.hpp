@@ -32,11 +32,10 @@ class TensorMapFactory {
   const ops::StaShape* sta_ = nullptr;
 };
 
-// Maps over contiguous buffers (the e4m3 forward's workspace): `outer` blocks of `rows` rows of `row_bytes` bytes,
-// boxes of box_bytes x box_rows; and `rows` rows of `row_elems` fp32, boxes of box_elems x 1 (no swizzle).
+// A map over a contiguous buffer (the e4m3 forward's workspace): `outer` blocks of `rows` rows of `row_bytes` bytes,
+// boxes of box_bytes x box_rows.
 CUtensorMap byte_rows_map(const char* name, void* base, uint64_t row_bytes, uint64_t rows, uint64_t outer,
                           uint32_t box_rows, uint32_t box_bytes, CUtensorMapSwizzle swizzle);
-CUtensorMap float_rows_map(const char* name, void* base, uint64_t row_elems, uint64_t rows, uint32_t box_elems);
 
 // The kernels' per-query-head window table (in tiles), from the resolved per-head windows.
 void fill_window_table(const ops::StaShape& sta, int16_t (&table)[kMaxHeads][3]);

@@ -24,6 +24,17 @@ namespace tileattn::sm90 {
 
 using kernels::StaFp8KernelParams;
 
+// The bf16 kernel's configuration, with the producer given 40 registers instead of 24: it also computes the e4m3
+// copies' (batch, head) rows and issues the scale copies. The consumers need fewer than the bf16 ones (P is half
+// the size), so 232 suffice.
+template <class Element, int HeadDim, int BlockN, int Stages>
+struct StaFp8ForwardConfig : StaForwardConfig<Element, HeadDim, BlockN, Stages, true> {
+  static constexpr int kProducerRegisters = 40;
+  static constexpr int kConsumerRegisters = 232;
+  static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 384 * 168,
+                "setmaxnreg: the warpgroups' registers must fit the 384 x 168 the CTA is launched with");
+};
+
 template <class Cfg>
 struct Fp8SharedStorage {
   using Operands = Fp8Operands<Cfg>;
@@ -31,7 +42,7 @@ struct Fp8SharedStorage {
   alignas(1024) typename Cfg::Element o[kernels::kQueryBlockRows * Cfg::kHeadDim];  // O staging (epilogue)
   alignas(1024) uint8_t k[Cfg::kStages][Operands::kKeyTileBytes];
   alignas(1024) uint8_t v[Cfg::kStages][Operands::kKeyTileBytes];
-  alignas(128) float k_scale[Cfg::kStages][32];  // a TMA box of kFp8ScaleBox scales each; 128-byte aligned rows
+  alignas(16) float k_scale[Cfg::kStages][kernels::kFp8ScaleWindow];
   alignas(128) float v_scale[Cfg::kHeadDim];
   alignas(128) float lse_shift[kernels::kQueryBlockRows];
   uint64_t q_full;
@@ -73,9 +84,11 @@ struct StaFp8Producer {
     for (int i = 0; i < n; ++i) {
       const KeyBlock k = walk.current();
       mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
-      mbarrier_arrive_expect_tx(&sm.k_full[stage], Operands::kKeyTileBytes + kernels::kFp8ScaleBox * 4);
+      mbarrier_arrive_expect_tx(&sm.k_full[stage], Operands::kKeyTileBytes + kernels::kFp8ScaleWindow * 4);
       tma_load_3d(sm.k[stage], &f.k8, &sm.k_full[stage], 0, k.row, kv_bh);
-      tma_load_2d(sm.k_scale[stage], &f.k_scale, &sm.k_full[stage], k.row / kernels::kFp8GroupRows, kv_bh);
+      bulk_load(sm.k_scale[stage],
+                f.k_scale + (int64_t(kv_bh) * f.groups + k.row / kernels::kFp8GroupRows) * kernels::kFp8ScaleWindow,
+                kernels::kFp8ScaleWindow * 4, &sm.k_full[stage]);
       mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
       mbarrier_arrive_expect_tx(&sm.v_full[stage], Operands::kKeyTileBytes);
 #pragma unroll
@@ -162,8 +175,8 @@ void launch_fp8(const StaFp8KernelParams& params, int64_t num_ctas, cudaStream_t
   template <>                                                                                                   \
   void launch_sta_fp8_forward_sm90<DType::DTYPE, HEAD_DIM>(const StaFp8KernelParams& params, int64_t num_ctas,  \
                                                            int block_n, CUstream_st* stream) {                  \
-    using Wide = sm90::StaForwardConfig<ELEMENT, HEAD_DIM, 192, 3, true>;                                        \
-    using Narrow = sm90::StaForwardConfig<ELEMENT, HEAD_DIM, 128, 3, true>;                                      \
+    using Wide = sm90::StaFp8ForwardConfig<ELEMENT, HEAD_DIM, 192, 3>;                                           \
+    using Narrow = sm90::StaFp8ForwardConfig<ELEMENT, HEAD_DIM, 128, 3>;                                         \
     if constexpr (HEAD_DIM == 128) {                                                                            \
       if (block_n == 192) return sm90::launch_fp8<Wide>(params, num_ctas, stream);                              \
     }                                                                                                           \
