@@ -134,3 +134,23 @@ def test_fp8_has_no_backward():
     # native still differentiates
     tileattn.sta_attention(q, k, v, plan=plan).sum().backward()
     assert q.grad is not None and math.isfinite(q.grad.norm().item())
+
+
+def test_c_struct_carries_precision():
+    """The ctypes mirror's precision field is the C struct's: the library reads what the op writes (the size query
+    validates the call but reads no tensor data, so CPU tensors stand in for device ones)."""
+    import ctypes
+    from tileattn import _ffi, ops
+    q = torch.zeros(1, 2, 384, 128, dtype=torch.bfloat16)
+    lse = torch.zeros(1, 2, 384)
+    a, _win = ops._forward_struct(q, q, q, q, lse, None, [6, 8, 8], [6, 8, 8], [1, 1, 1], 0, "natural", 0.0,
+                                  "native")
+    lib = _ffi.library()
+    needed = ctypes.c_int64(-1)
+    _ffi.check(lib.tileattn_sta_forward_workspace_bytes(ctypes.byref(a), ctypes.byref(needed)))
+    assert needed.value == 0  # native needs no workspace
+    assert ops._forward_struct(q, q, q, q, lse, None, [6, 8, 8], [6, 8, 8], [], 0, "natural", 0.0,
+                               "fp8")[0].precision == _ffi.PRECISION_FP8
+    a.precision = 7
+    with pytest.raises(_ffi.TileattnArgumentError, match="precision"):
+        _ffi.check(lib.tileattn_sta_forward_workspace_bytes(ctypes.byref(a), ctypes.byref(needed)))
