@@ -397,7 +397,8 @@ def enable_sta(pipe_or_transformer, window: Optional[Union[Sequence[int], Sequen
     strict: raise RoutingError instead of running a layer dense when STA cannot take its call.
     precision: "native" or "fp8" for every routed layer (fp8: e4m3 operands, forward only, see
         tileattn.sta_attention); default the strategy's per-layer precision ("precision" / "layer_precision" in
-        tileattn's strategy format), else native.
+        tileattn's strategy format), else native. An fp8 layer called with grad enabled on inputs that require grad
+        runs dense (RoutingWarning; RoutingError with strict): diffusers' pipelines run under torch.no_grad().
     Returns the StaHandle (also found by sta_handle(pipe_or_transformer)); disable_sta undoes everything."""
     if window is not None and strategy is not None:
         raise ValueError("window and strategy: give one, not both")
