@@ -1,5 +1,6 @@
 // tileattn bench: times the STA forward kernel (and with --backward the backward, both dQ modes) at several windows
-// (and dense through the same kernels) with CUDA events on random inputs, median of --reps after --warmup. With --fg
+// (and dense through the same kernels) with CUDA events on random inputs, median of --reps after --warmup;
+// --precision fp8 times the FP8 forward (its quantizing pre-pass included, workspace allocated here). With --fg
 // it times the FG-Attn forward instead, on synthetic column plans built on the GPU (random and local masks at several
 // sparsities and key-group sizes), and the plan build itself. Baselines (cuDNN SDPA, FlexAttention) are timed in the
 // same run by bench/bench_sta.py and bench/bench_fg.py, which need PyTorch.
@@ -42,6 +43,7 @@ struct BenchSetup {
   std::vector<Window> windows;
   DType dtype;
   int64_t kv_heads;
+  Precision precision;
   std::vector<int64_t> fg_query_blocks, fg_key_groups;
   std::vector<FgCase> fg_cases;
 };
@@ -94,6 +96,11 @@ BenchSetup prepare(const BenchOptions& o) {
   if (o.reps < 1 || o.warmup < 0) throw_argument_error("--reps", "need --reps >= 1 and --warmup >= 0");
   const int64_t kv_heads = o.kv_heads == 0 ? o.heads : o.kv_heads;
   const DType dtype = o.dtype == "bf16" ? DType::bf16 : DType::fp16;
+  if (o.precision != "native" && o.precision != "fp8")
+    throw_argument_error("--precision", "must be native or fp8, got " + o.precision);
+  const Precision precision = o.precision == "fp8" ? Precision::fp8 : Precision::native;
+  if (precision == Precision::fp8 && (o.backward || o.fg))
+    throw_argument_error("--precision", "fp8 is the STA forward's only: not with --backward or --fg");
   std::vector<Window> windows;
   for (const std::string& part : split_list(o.windows)) {
     windows.push_back(part == "dense" ? geo.grid() : parse_extent3(part, "--windows"));
@@ -108,7 +115,7 @@ BenchSetup prepare(const BenchOptions& o) {
                                                    o.kv_heads));
   // The host and device buffers: 2-byte q, k, v, out and fp32 LSE, sizes checked (and bounded) before any allocation.
   checked_host_bytes({o.batch, o.heads, geo.num_tokens(), std::max<int64_t>(o.head_dim, 1), 2}, "--batch");
-  BenchSetup setup{geo, windows, dtype, kv_heads, {}, {}, {}};
+  BenchSetup setup{geo, windows, dtype, kv_heads, precision, {}, {}, {}};
   if (o.fg) prepare_fg(o, setup);
   return setup;
 }
@@ -213,9 +220,10 @@ struct BenchTensors {
 };
 
 void print_header(const BenchOptions& o, const BenchSetup& setup, const char* what) {
-  fmt::print("\nbench {}: video {} tile {} text {} | B={} heads={} kv_heads={} D={} {} {} | median of {} after {} "
+  fmt::print("\nbench {}: video {} tile {} text {} | B={} heads={} kv_heads={} D={} {} {}{} | median of {} after {} "
              "warm-up\n", what, to_string(setup.geo.video()), to_string(setup.geo.tile()), o.text, o.batch, o.heads,
-             setup.kv_heads, o.head_dim, o.dtype, o.layout, o.reps, o.warmup);
+             setup.kv_heads, o.head_dim, o.dtype, o.layout, setup.precision == Precision::fp8 ? " fp8" : "", o.reps,
+             o.warmup);
 }
 
 int run_sta_bench(const BenchOptions& o, const BenchSetup& setup, Timer& time_ms, BenchTensors& t,
@@ -232,6 +240,7 @@ int run_sta_bench(const BenchOptions& o, const BenchSetup& setup, Timer& time_ms
   args.q = t.tensor(t.q.ptr, o.heads), args.k = t.tensor(t.k.ptr, kv_heads), args.v = t.tensor(t.v.ptr, kv_heads);
   args.out = t.tensor(t.out.ptr, o.heads);
   args.lse = static_cast<float*>(t.lse.ptr);
+  args.precision = setup.precision;
 
   print_header(o, setup, "STA");
   fmt::print("{:<10} {:>9} {:>11} {:>10} {:>10}\n", "window", "sparsity", "time (ms)", "TFLOP/s", "min (ms)");
@@ -248,6 +257,11 @@ int run_sta_bench(const BenchOptions& o, const BenchSetup& setup, Timer& time_ms
   }
   for (const Window& w : setup.windows) {
     args.windows = std::span<const Window>(&w, 1);
+    // fp8: the pre-pass's scratch (the quantized copies), allocated outside the timing like the backward's.
+    std::optional<DeviceBuffer> forward_workspace;
+    args.workspace_bytes = sta_forward_workspace_bytes(args);
+    if (args.workspace_bytes > 0) forward_workspace.emplace(args.workspace_bytes);
+    args.workspace = forward_workspace ? forward_workspace->ptr : nullptr;
     const BlockPlan plan = build_sta_plan(BlockPartition(geo), std::vector<Window>{w});
     const SparsityReport s = plan.sparsity();
     const auto [median, fastest] = time_ms([&] { sta_forward(args, stream); });
@@ -257,7 +271,8 @@ int run_sta_bench(const BenchOptions& o, const BenchSetup& setup, Timer& time_ms
     if (!finite) rc = 1;
     const std::string label = window_label(w, geo.grid());
     // The JSON keys name the text length when there is text, so runs with and without it do not collide.
-    const std::string key = label + (o.text > 0 ? fmt::format("_text{}", o.text) : "");
+    const std::string key = label + (o.text > 0 ? fmt::format("_text{}", o.text) : "") +
+                            (setup.precision == Precision::fp8 ? "_fp8" : "");
     fmt::print("{:<10} {:>9.4f} {:>11.3f} {:>10.1f} {:>10.3f}{}\n", label, s.total, median, flops / (median * 1e9),
                fastest, finite ? "" : "  OUTPUT HAS NaN/Inf");
     results[fmt::format("tileattn_sta_{}_fwd_ms", key)] = median;
@@ -393,6 +408,8 @@ Action add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str();
   cmd->add_option("--reps", o->reps, "timed runs (median reported)")->capture_default_str();
   cmd->add_flag("--backward", o->backward, "also time the backward (fast and deterministic dQ modes)");
+  cmd->add_option("--precision", o->precision, "the STA forward's precision: native or fp8 (e4m3 operands, "
+                                               "forward only)")->capture_default_str();
   cmd->add_option("--json", o->json_path, "write the times (ms) as JSON");
   CLI::Option* fg = cmd->add_flag("--fg", o->fg, "time the FG-Attn forward on synthetic GPU masks (and their build) "
                                                   "instead of STA");

@@ -8,7 +8,11 @@
 //       "video_shape": [T, H, W], "tile": [tt, th, tw], "text_len": 256,          (optional, all three together)
 //       "default": [wt, wh, ww] | null,                                             (optional)
 //       "dense_steps": 0,                                                           (optional)
-//       "windows": {"<step>_<layer>_<head>": [wt, wh, ww], ...}}
+//       "windows": {"<step>_<layer>_<head>": [wt, wh, ww], ...},
+//       "precision": "native" | "fp8",                    (optional, default native: every layer's precision)
+//       "layer_precision": {"<layer>": "native" | "fp8", ...}}  (optional: layers that differ from "precision")
+//   precision is what the STA forward multiplies (StaForwardArgs::precision), per layer for all steps; FastVideo's
+//   format has none (every layer native).
 // Malformed files raise FileError naming the file, the key and what is wrong.
 #include <cstdint>
 #include <map>
@@ -17,6 +21,7 @@
 #include <tuple>
 
 #include "tileattn/geometry.hpp"
+#include "tileattn/types.hpp"
 #include "tileattn/export.hpp"
 
 TILEATTN_PUBLIC_BEGIN
@@ -37,6 +42,10 @@ struct MaskStrategy {
   std::optional<Window> default_window;  // used for keys without an entry
   std::optional<VideoGeometry> geometry;  // shape, tile and text length the windows were chosen for
   int64_t dense_steps = 0;                // steps < dense_steps run dense attention whatever the windows say
+  Precision precision = Precision::native;           // every layer's, unless layer_precision names it
+  std::map<int64_t, Precision> layer_precision;      // layer -> precision
+
+  Precision precision_for(int64_t layer) const;
 
   // The window for (step, layer, head): the entry, else the default, else nullopt (dense / fall back to SDPA).
   std::optional<Window> window_for(int64_t step, int64_t layer, int64_t head) const;

@@ -11,7 +11,7 @@
 extern "C" {
 #endif
 
-#define TILEATTN_ABI_VERSION 1
+#define TILEATTN_ABI_VERSION 2 /* 2: tileattn_sta_forward_args gained precision and the fp8 workspace */
 
 typedef enum tileattn_status {
   TILEATTN_OK = 0,
@@ -23,6 +23,9 @@ typedef enum tileattn_status {
 
 typedef enum tileattn_dtype { TILEATTN_BF16 = 0, TILEATTN_FP16 = 1 } tileattn_dtype;
 typedef enum tileattn_layout { TILEATTN_NATURAL = 0, TILEATTN_TILE_MAJOR = 1 } tileattn_layout;
+/* What the tensor cores multiply: the inputs' dtype, or e4m3 copies quantized by a pre-pass (docs/DESIGN.md "FP8 STA
+ * forward"); the output keeps the inputs' dtype. Forward only: the backward refuses TILEATTN_FP8. */
+typedef enum tileattn_precision { TILEATTN_NATIVE = 0, TILEATTN_FP8 = 1 } tileattn_precision;
 
 /* A [batch, heads, tokens, head_dim] device tensor; strides in elements, head_dim contiguous. */
 typedef struct tileattn_tensor {
@@ -36,7 +39,7 @@ typedef struct tileattn_sta_forward_args {
   int32_t abi_version; /* TILEATTN_ABI_VERSION */
   int32_t dtype;       /* tileattn_dtype */
   int32_t layout;      /* tileattn_layout */
-  int32_t reserved;
+  int32_t precision;   /* tileattn_precision: 0 native, 1 fp8 */
   int64_t batch, q_heads, kv_heads, head_dim;
   int64_t video[3]; /* T, H, W */
   int64_t tile[3];  /* tt, th, tw */
@@ -47,12 +50,18 @@ typedef struct tileattn_sta_forward_args {
   const int64_t* windows;     /* host array of num_windows (wt, wh, ww) triples; NULL/0 = dense */
   int64_t num_windows;        /* 0, 1 or q_heads */
   float scale;                /* 0: 1/sqrt(head_dim) */
+  void* workspace;            /* precision fp8: device scratch, 256-byte aligned, tileattn_sta_forward_workspace_bytes
+                               * bytes (overwritten); unused (may be NULL) for native precision */
+  int64_t workspace_bytes;
 } tileattn_sta_forward_args;
 
+/* Bytes of `workspace` the forward needs: 0 for native precision. Validates the arguments like tileattn_sta_forward. */
+TILEATTN_EXPORT int tileattn_sta_forward_workspace_bytes(const tileattn_sta_forward_args* args, int64_t* bytes);
 TILEATTN_EXPORT int tileattn_sta_forward(const tileattn_sta_forward_args* args, void* cuda_stream);
 
 /* STA backward: dQ, dK, dV of the forward call described by `forward` (its `out` is the forward output, its `lse`
- * the forward LSE, required). See tileattn::sta_backward in sta.hpp. */
+ * the forward LSE, required; forward.precision must be TILEATTN_NATIVE: the backward differentiates the native
+ * forward). See tileattn::sta_backward in sta.hpp. */
 typedef struct tileattn_sta_backward_args {
   tileattn_sta_forward_args forward;
   tileattn_tensor grad_out, grad_q, grad_k, grad_v;

@@ -84,14 +84,28 @@ def sta_forward(model, inputs, window):
         ta.disable_sta(model)
 
 
-class MaskedReference:
+class HookedReference:
+    """A context in which every routed layer's attention call is answered by self.on_call (a reference)."""
+
+    def __init__(self, model):
+        self.hooks = ta.ModelHooks(ta._transformers_of(model))
+        self.hooks.on_call = self.on_call
+
+    def __enter__(self):
+        self.hooks._install()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.remove()
+
+
+class MaskedReference(HookedReference):
     """An independent reference: every routed layer's attention as SDPA with the STA pattern as an explicit mask
     (StaPlan.dense_mask, itself checked against the C++ plan), plus the call's own key-padding mask."""
 
     def __init__(self, model, window, tile):
-        self.model, self.window, self.tile = model, window, tile
-        self.hooks = ta.ModelHooks(ta._transformers_of(model))
-        self.hooks.on_call = self.on_call
+        super().__init__(model)
+        self.window, self.tile = window, tile
 
     def on_call(self, layer, call, video):
         q, k, v = call.bhsd()
@@ -105,13 +119,6 @@ class MaskedReference:
         with _intercept.suspended():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
         return call.from_bhsd(out)
-
-    def __enter__(self):
-        self.hooks._install()
-        return self
-
-    def __exit__(self, *exc):
-        self.hooks.remove()
 
 
 # ---- HunyuanVideo ----
@@ -441,3 +448,78 @@ def test_wan22_pipeline_two_transformers_share_one_step():
     finally:
         ta.disable_sta(pipe)
     assert ta.sta_handle(pipe.transformer) is None and ta.sta_handle(pipe.transformer_2) is None
+
+
+# ---- per-layer precision (strategy files, enable_sta(precision=...)) ----
+
+class PrecisionReference(HookedReference):
+    """Every routed layer as tileattn.sta_attention at native precision, except `fp8_layers`, which run the FP8
+    emulation (tileattn.fp8_reference) directly: what a strategy naming those layers fp8 must give."""
+
+    def __init__(self, model, window, tile, fp8_layers, text_valid):
+        super().__init__(model)
+        self.window, self.tile, self.fp8_layers, self.text_valid = window, tile, set(fp8_layers), text_valid
+
+    def on_call(self, layer, call, video):
+        from tileattn.fp8_reference import sta_attention_fp8_reference
+        q, k, v = call.bhsd()
+        grid = [-(-n // t) for n, t in zip(video, self.tile)]
+        win = tuple(min(w, g) for w, g in zip(self.window, grid))
+        plan = tileattn.StaPlan(video, win, self.tile, q.shape[2] - video[0] * video[1] * video[2])
+        with _intercept.suspended():
+            if layer in self.fp8_layers:
+                out = sta_attention_fp8_reference(q, k, v, plan, self.text_valid, scale=call.scale)
+            else:
+                out = tileattn.sta_attention(q, k, v, plan=plan, text_valid=self.text_valid, scale=call.scale)
+        return call.from_bhsd(out)
+
+
+def test_strategy_runs_one_layer_fp8(tmp_path):
+    model, inputs = hunyuan(), hunyuan_inputs(frames=5, height=14, width=18)  # partial tiles, padded text
+    text_valid = inputs["encoder_attention_mask"].sum(1, dtype=torch.int32)
+    path = tmp_path / "fp8.json"
+    path.write_text('{"format": "tileattn.mask_strategy", "version": 1, "default": [1, 3, 3], '
+                    '"layer_precision": {"1": "fp8"}}')
+    strategy = tileattn.MaskStrategy.read(str(path))
+    assert [strategy.precision_for(layer) for layer in range(4)] == ["native", "fp8", "native", "native"]
+    native = sta_forward(model, inputs, window=(1, 3, 3))[1]
+    handle = ta.enable_sta(model, strategy=strategy, tile=TILE, strict=True)
+    try:
+        out = forward(model, inputs)
+    finally:
+        ta.disable_sta(model)
+    assert handle.routed == {0: 1, 1: 1, 2: 1, 3: 1} and not handle.fallbacks
+    with PrecisionReference(model, (1, 3, 3), TILE, {1}, text_valid):
+        ref = forward(model, inputs)
+    print(f"one fp8 layer: vs emulation {rel(out, ref):.2e}, vs native {rel(out, native):.2e}")
+    assert rel(out, ref) < 1e-6, rel(out, ref)  # layer 1 is the emulation, the others native
+    assert 1e-4 < rel(out, native) < 5e-2, rel(out, native)  # fp8 on one layer: small, not nothing
+    with PrecisionReference(model, (1, 3, 3), TILE, {2}, text_valid):
+        other = forward(model, inputs)
+    assert rel(out, other) > 1e-4  # it was layer 1, not another one
+
+    # enable_sta(precision=...) overrides the strategy for every layer
+    handle = ta.enable_sta(model, strategy=strategy, tile=TILE, strict=True, precision="fp8")
+    try:
+        every = forward(model, inputs)
+    finally:
+        ta.disable_sta(model)
+    with PrecisionReference(model, (1, 3, 3), TILE, {0, 1, 2, 3}, text_valid):
+        ref_every = forward(model, inputs)
+    assert rel(every, ref_every) < 1e-6
+    assert rel(every, out) > 1e-4
+
+
+def test_precision_default_and_bad_values(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text('{"format": "tileattn.mask_strategy", "version": 1, "default": [1, 1, 1]}')
+    assert tileattn.MaskStrategy.read(str(path)).precision_for(0) == "native"  # absent: native, as before
+    path.write_text('{"format": "tileattn.mask_strategy", "version": 1, "precision": "fp8", '
+                    '"layer_precision": {"0": "native"}}')
+    s = tileattn.MaskStrategy.read(str(path))
+    assert (s.precision_for(0), s.precision_for(3)) == ("native", "fp8")
+    path.write_text('{"format": "tileattn.mask_strategy", "version": 1, "layer_precision": {"0": "int8"}}')
+    with pytest.raises(tileattn.TileattnFileError, match="layer_precision.0"):
+        tileattn.MaskStrategy.read(str(path))
+    with pytest.raises(ValueError, match="precision"):
+        ta.enable_sta(hunyuan(layers=1, single=0), window=(1, 1, 1), tile=TILE, precision="fp4")

@@ -27,7 +27,7 @@ HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 TILE = (2, 2, 2)
 DEADLINE_S = 150  # per world size: spawn, every case, teardown
 OP_CASES = ["op_text0_per_head", "op_chunked", "op_text_valid", "op_uneven_heads_and_tokens", "op_gqa",
-            "op_p2p_all_to_all", "op_dense", "op_autograd", "op_bad_shard_refused"]
+            "op_p2p_all_to_all", "op_dense", "op_autograd", "op_bad_shard_refused", "op_fp8"]
 MODEL_CASES = ["wan_sta", "wan_strategy", "wan_dense", "hunyuan_sta", "hunyuan_strategy", "hunyuan_dense",
                "wan_head_slice", "hunyuan_head_slice"]
 RING_CASES = ["ring_refused_at_enable", "ring_refused_at_call"]
@@ -51,7 +51,7 @@ def _op_case(name, rank, world):
     B, D = 2, 16
     video = (4, 4, 6)  # grid (2, 2, 3) of 2x2x2 tiles (a window is odd or the whole axis)
     H, Hk, text, valid, window = 4, 4, 0, None, [(1, 1, 1), (2, 1, 3), (1, 2, 1), (2, 2, 1)]
-    if name == "op_text_valid" or name == "op_p2p_all_to_all":
+    if name in ("op_text_valid", "op_p2p_all_to_all", "op_fp8"):
         text, valid = 6, torch.tensor([6, 3], dtype=torch.int32)
     elif name == "op_uneven_heads_and_tokens":
         H, Hk, text, window = 3, 3, 5, [(1, 2, 1), (2, 2, 3), (2, 1, 1)]
@@ -95,14 +95,20 @@ def _op_case(name, rank, world):
                 "grad_norm": float(local[0].grad.norm())}
     previous = td.A2A_MODE
     td.A2A_MODE = "p2p" if name == "op_p2p_all_to_all" else "auto"
+    precision = "fp8" if name == "op_fp8" else "native"  # fp8 quantizes per head: sharding heads changes nothing
     try:
         out = td.sta_attention_ulysses(*local, video_shape=video, window=window, tile=TILE, text_len=text,
-                                       text_valid=valid, chunks=2 if name == "op_chunked" else None)
+                                       text_valid=valid, chunks=2 if name == "op_chunked" else None,
+                                       precision=precision)
     finally:
         td.A2A_MODE = previous
     ref = sta_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), video, window, TILE, text,
-                        valid).transpose(1, 2)
+                        valid, precision=precision).transpose(1, 2)
     result = _diff(out, ref[:, a:b])
+    if precision == "fp8":  # and it is the FP8 path, not native
+        native = sta_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), video, window, TILE, text,
+                               valid).transpose(1, 2)
+        result["vs_native"] = _diff(ref, native)["max_rel"]
     if window is not None:  # the windows matter: the result is not dense attention
         dense = sta_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), video, None, TILE, text,
                               valid).transpose(1, 2)
@@ -295,6 +301,8 @@ def test_ulysses_op_equals_single_process(world, case, tmp_path_factory):
         assert per_rank[0]["vs_dense"] > 1e-3  # the windows matter, so this is not dense vs dense
     if case == "op_autograd":
         assert all(r["grad_norm"] > 0 for r in per_rank)
+    if case == "op_fp8":
+        assert per_rank[0]["vs_native"] > 1e-3
 
 
 @pytest.mark.skipif(not HAVE_DIFFUSERS, reason="diffusers is not installed")

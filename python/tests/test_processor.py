@@ -106,3 +106,44 @@ def test_processor_warns_when_nothing_was_routed():
         out = attn(x, t)
     base = JointAttnProcessor()(attn, x, t)
     assert all(torch.equal(a, b) for a, b in zip(out, base))
+
+
+class Fp8ReferenceProcessor(JointAttnProcessor):
+    """The same processor with its attention as the FP8 emulation of STA (tileattn.fp8_reference)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        from tileattn.fp8_reference import sta_attention_fp8_reference
+        plan = self.plan
+
+        def fp8_sdpa(q, k, v, attn_mask=None):
+            return sta_attention_fp8_reference(q, k, v, plan)
+        sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, fp8_sdpa
+        try:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)
+        finally:
+            F.scaled_dot_product_attention = sdpa
+
+
+def test_processor_precision_fp8_cpu():
+    video, text, dim = (4, 8, 12), 8, 32  # CPU, fp32, head dim 16; a grid of (2, 2, 3) tiles
+    tile = (2, 4, 4)
+    torch.manual_seed(0)
+    x = torch.randn(1, video[0] * video[1] * video[2], dim)
+    t = torch.randn(1, text, dim)
+    outs = {}
+    for precision in ("native", "fp8"):
+        proc = tileattn.SlidingTileAttnProcessor(JointAttnProcessor(), layer=0, video_shape=video, text_len=text,
+                                                 tile=tile, window=(1, 1, 1), precision=precision)
+        torch.manual_seed(1)
+        attn = Attention(dim, HEADS, proc)
+        with torch.no_grad():  # fp8 is forward only (with grad, the layer would run dense and warn)
+            outs[precision] = attn(x, t)
+        assert proc.routed_calls == 1
+    with torch.no_grad():
+        ref = Fp8ReferenceProcessor(tileattn.StaPlan(video, (1, 1, 1), tile, text))(attn, x, t)
+    for a, b, n in zip(outs["fp8"], ref, outs["native"]):
+        assert rel_l2(a, b) < 1e-6
+        assert 1e-3 < rel_l2(a, n) < 0.06

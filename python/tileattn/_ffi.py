@@ -6,10 +6,11 @@ import ctypes
 import os
 import pathlib
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 STATUS_OK, STATUS_ARGUMENT, STATUS_CUDA, STATUS_INTERNAL, STATUS_FILE = 0, -1, -2, -3, -4
 DTYPE_BF16, DTYPE_FP16 = 0, 1
 LAYOUT_NATURAL, LAYOUT_TILE_MAJOR = 0, 1
+PRECISION_NATIVE, PRECISION_FP8 = 0, 1
 MASK_RANDOM, MASK_LOCAL = 0, 1
 RULE_TOP_P, RULE_TOP_K, RULE_THRESHOLD, RULE_TARGET_SPARSITY = 0, 1, 2, 3
 
@@ -22,7 +23,7 @@ class Tensor(ctypes.Structure):
 class StaForwardArgs(ctypes.Structure):
     _fields_ = [
         ("abi_version", ctypes.c_int32), ("dtype", ctypes.c_int32), ("layout", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("precision", ctypes.c_int32),
         ("batch", ctypes.c_int64), ("q_heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64),
         ("head_dim", ctypes.c_int64),
         ("video", ctypes.c_int64 * 3), ("tile", ctypes.c_int64 * 3), ("text_len", ctypes.c_int64),
@@ -30,6 +31,7 @@ class StaForwardArgs(ctypes.Structure):
         ("lse", ctypes.c_void_p), ("text_valid", ctypes.c_void_p),
         ("windows", ctypes.POINTER(ctypes.c_int64)), ("num_windows", ctypes.c_int64),
         ("scale", ctypes.c_float),
+        ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_int64),  # precision fp8's scratch
     ]
 
 
@@ -124,6 +126,10 @@ def library():
             lib.tileattn_sta_backward_workspace_bytes.argtypes = [ctypes.POINTER(StaForwardArgs),
                                                                   ctypes.POINTER(ctypes.c_int64)]
             lib.tileattn_sta_backward_workspace_bytes.restype = ctypes.c_int
+            if hasattr(lib, "tileattn_sta_forward_workspace_bytes"):  # ABI 2 (an older library fails the check below)
+                lib.tileattn_sta_forward_workspace_bytes.argtypes = [ctypes.POINTER(StaForwardArgs),
+                                                                     ctypes.POINTER(ctypes.c_int64)]
+                lib.tileattn_sta_forward_workspace_bytes.restype = ctypes.c_int
             if hasattr(lib, "tileattn_fg_forward"):  # a library built before FG-Attn still serves STA
                 lib.tileattn_fg_forward.argtypes = [ctypes.POINTER(FgForwardArgs), ctypes.c_void_p]
                 lib.tileattn_fg_forward.restype = ctypes.c_int

@@ -2,6 +2,7 @@
 
     import tileattn.diffusers as ta
     ta.enable_sta(pipe, window=(3, 3, 3))                      # or strategy="windows.json", dense_steps=..., strict=...
+                                                               # precision="fp8" (or per layer, from the strategy)
     video = pipe(prompt, ...).frames
     ta.disable_sta(pipe)
 
@@ -38,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _intercept
+from .ops import check_precision
 from .sta import _triple, sta_attention
 from .strategy import MaskStrategy
 
@@ -239,9 +241,10 @@ class StaHandle(ModelHooks):
     """What enable_sta installed on one pipeline or transformer: the window source, the step counter, the hooks and
     what was routed. `handle.step` is the current denoising step; `handle.report()` says what ran where."""
 
-    def __init__(self, transformers, window, strategy, tile, dense_steps, strict):
+    def __init__(self, transformers, window, strategy, tile, dense_steps, strict, precision=None):
         super().__init__(transformers)
         self.strategy = strategy
+        self.precision = None if precision is None else check_precision(precision)
         self.window = window
         self.tile = tile
         self.dense_steps = dense_steps
@@ -266,6 +269,13 @@ class StaHandle(ModelHooks):
             per_head = list(self.window)
         # A window wider than the grid is the full axis (small or low-resolution videos).
         return [tuple(min(int(w[a]), grid[a]) for a in range(3)) for w in per_head]
+
+    def precision_for(self, layer: int) -> str:
+        """The STA forward's precision for this layer: enable_sta's precision if given, else the strategy's for the
+        layer, else native."""
+        if self.precision is not None:
+            return self.precision
+        return self.strategy.precision_for(layer) if self.strategy is not None else "native"
 
     def _fallback(self, layer: int, reason: str) -> None:
         if self.strict:
@@ -320,7 +330,8 @@ class StaHandle(ModelHooks):
         plan = self._mask_plan_cached(call.attn_mask, q.shape[0], tokens, n_video)
         from ._ffi import TileattnArgumentError
         try:
-            out = sta_attention(q, k, v, video, windows, tile, tokens - n_video, plan.text_valid, scale=call.scale)
+            out = sta_attention(q, k, v, video, windows, tile, tokens - n_video, plan.text_valid, scale=call.scale,
+                                precision=self.precision_for(layer))
         except (TileattnArgumentError, ValueError, TypeError) as e:
             raise _Unroutable(str(e)) from None
         if plan.padded_rows is not None:
@@ -372,7 +383,8 @@ class StaHandle(ModelHooks):
 
 def enable_sta(pipe_or_transformer, window: Optional[Union[Sequence[int], Sequence[Sequence[int]]]] = None,
                strategy: Optional[Union[MaskStrategy, str, os.PathLike]] = None, tile: Optional[Sequence[int]] = None,
-               dense_steps: Optional[int] = None, strict: bool = False) -> StaHandle:
+               dense_steps: Optional[int] = None, strict: bool = False,
+               precision: Optional[str] = None) -> StaHandle:
     """Run every self-attention layer of a diffusers HunyuanVideo / HunyuanVideo 1.5 / Wan transformer (or of a
     pipeline's transformers) with Sliding Tile Attention.
 
@@ -383,6 +395,10 @@ def enable_sta(pipe_or_transformer, window: Optional[Union[Sequence[int], Sequen
     tile: the tile in tokens; default the strategy's tile, else (6, 8, 8).
     dense_steps: the first steps run dense; default the strategy's dense steps, else 0.
     strict: raise RoutingError instead of running a layer dense when STA cannot take its call.
+    precision: "native" or "fp8" for every routed layer (fp8: e4m3 operands, forward only, see
+        tileattn.sta_attention); default the strategy's per-layer precision ("precision" / "layer_precision" in
+        tileattn's strategy format), else native. An fp8 layer called with grad enabled on inputs that require grad
+        runs dense (RoutingWarning; RoutingError with strict): diffusers' pipelines run under torch.no_grad().
     Returns the StaHandle (also found by sta_handle(pipe_or_transformer)); disable_sta undoes everything."""
     if window is not None and strategy is not None:
         raise ValueError("window and strategy: give one, not both")
@@ -411,7 +427,7 @@ def enable_sta(pipe_or_transformer, window: Optional[Union[Sequence[int], Sequen
         self_attention_layers(t)  # TypeError naming an unsupported model before anything is installed
         if getattr(t, "_tileattn_sta", None) is not None:
             raise RuntimeError(f"{type(t).__name__} already has STA enabled; call disable_sta first")
-    handle = StaHandle(transformers, window, strategy, tile, int(dense_steps), bool(strict))
+    handle = StaHandle(transformers, window, strategy, tile, int(dense_steps), bool(strict), precision)
     handle._install()
     for t in transformers:
         t._tileattn_sta = handle

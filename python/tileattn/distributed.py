@@ -226,7 +226,7 @@ def _window_list(window, heads: int) -> Optional[List[Triple]]:
 def sta_attention_ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group=None, video_shape=None,
                           window=(3, 3, 3), tile=(6, 8, 8), text_len: int = 0,
                           text_valid: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                          chunks: Optional[int] = None) -> torch.Tensor:
+                          chunks: Optional[int] = None, precision: str = "native") -> torch.Tensor:
     """Sliding Tile Attention on a sequence-sharded batch (Ulysses): every rank of `group` (default: the world) calls
     it with its shard and gets its shard of the output.
 
@@ -241,6 +241,7 @@ def sta_attention_ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gro
     chunks: head-group chunks whose exchange overlaps the previous chunk's attention (async collectives; not with
         autograd; must divide each rank's head count, else 1); default 2 on CUDA when each rank's head count is even,
         else 1 (on the CPU chunking only costs extra messages).
+    precision: as tileattn.sta_attention (each rank's heads are quantized on their own: the same as unsharded).
     Autograd: supported (the all-to-all's backward is the reverse all-to-all; STA's backward runs per rank); with
         gradients the exchange is not chunked. Returns this rank's [B, S_r, H, D]."""
     if video_shape is None:
@@ -288,7 +289,7 @@ def sta_attention_ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gro
 
     def attend(qh, kh, vh, h0, h1):
         return sta_attention(qh, kh, vh, video_shape, None if windows is None else windows[h0:h1], tile, text_len,
-                             text_valid, scale=scale)
+                             text_valid, scale=scale, precision=precision)
 
     return _ulysses(qp, kp, vp, group, positions, q.shape[1], attend, heads, kv_heads, int(chunks))
 
@@ -364,7 +365,7 @@ def route_context_parallel(handle, layer: int, call, video):
 
     def attend(qh, kh, vh, h0, h1):
         return sta_attention(qh, kh, vh, video, windows[h0:h1], handle.tile, n_text, plan.text_valid,
-                             scale=call.scale)
+                             scale=call.scale, precision=handle.precision_for(layer))
     try:
         out = _ulysses(q, k, v, group, positions, local, attend, heads, heads,
                        2 if q.device.type == "cuda" and (heads // world) % 2 == 0 else 1)

@@ -2,8 +2,8 @@
 torch.compile(fullgraph=True) traces through them via their fake implementations, they run on the current CUDA stream
 and allocate only through PyTorch (workspaces included), so they can be captured in a CUDA graph. Autograd (STA): the
 forward saves q, k, v, O and LSE; the backward runs tileattn's STA backward kernels (deterministic dQ when
-torch.use_deterministic_algorithms(True) is on). FG-Attn has no backward yet: differentiating through it raises
-NotImplementedError."""
+torch.use_deterministic_algorithms(True) is on). The STA forward's precision="fp8" (e4m3 operands, see
+tileattn.fp8_reference) has no backward, nor has FG-Attn: differentiating through either raises NotImplementedError."""
 from __future__ import annotations
 
 import ctypes
@@ -17,6 +17,14 @@ _DTYPES = {torch.bfloat16: _ffi.DTYPE_BF16, torch.float16: _ffi.DTYPE_FP16}
 # The CPU path runs the C++ reference in fp32 (fp64 sums for fp64 inputs), whatever the input's float dtype.
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LAYOUTS = {"natural": _ffi.LAYOUT_NATURAL, "tile_major": _ffi.LAYOUT_TILE_MAJOR}
+PRECISIONS = {"native": _ffi.PRECISION_NATIVE, "fp8": _ffi.PRECISION_FP8}
+
+
+def check_precision(precision) -> str:
+    """precision as the ops take it ("native" or "fp8"); ValueError naming precision otherwise."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'native' or 'fp8', got {precision!r}")
+    return precision
 
 
 def check_half_tensor(name: str, t, allow_cpu: bool = False) -> None:
@@ -56,8 +64,10 @@ def _tensor_desc(t: torch.Tensor) -> _ffi.Tensor:
     return _ffi.Tensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
 
 
-def _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale):
-    """The C ABI's forward description; returns it with the window array it points into (keep both alive)."""
+def _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale,
+                    precision="native"):
+    """The C ABI's forward description (no workspace yet); returns it with the window array it points into (keep
+    both alive)."""
     win = (ctypes.c_int64 * max(1, len(windows)))(*windows)
     a = _ffi.StaForwardArgs()
     a.abi_version = _ffi.ABI_VERSION
@@ -73,26 +83,38 @@ def _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, t
     a.windows = ctypes.cast(win, ctypes.POINTER(ctypes.c_int64))
     a.num_windows = len(windows) // 3
     a.scale = scale
+    a.precision = PRECISIONS[precision]
     return a, win
 
 
 @torch.library.custom_op("tileattn::sta_forward", mutates_args=(), device_types="cuda")
 def sta_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_valid: Optional[torch.Tensor],
                 video_shape: List[int], tile: List[int], windows: List[int], text_len: int, layout: str,
-                scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                scale: float, precision: str = "native") -> Tuple[torch.Tensor, torch.Tensor]:
     """O [B, Hq, S, D] and the fp32 log-sum-exp [B, Hq, S]. `windows`: flattened (wt, wh, ww) triples, one per query
-    head or a single one; empty = dense."""
+    head or a single one; empty = dense. precision "fp8": e4m3 operands quantized into a workspace allocated here
+    (tileattn_sta_forward_workspace_bytes), output still in q's dtype; forward only."""
+    check_precision(precision)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    a, _win = _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale)
+    a, _win = _forward_struct(q, k, v, out, lse, text_valid, video_shape, tile, windows, text_len, layout, scale,
+                              precision)
+    lib = _ffi.library()
     stream = torch.cuda.current_stream(q.device).cuda_stream
     with torch.cuda.device(q.device):
-        _ffi.check(_ffi.library().tileattn_sta_forward(ctypes.byref(a), ctypes.c_void_p(stream)))
+        workspace = None
+        if precision != "native":  # native needs none (its size is 0)
+            needed = ctypes.c_int64(0)
+            _ffi.check(lib.tileattn_sta_forward_workspace_bytes(ctypes.byref(a), ctypes.byref(needed)))
+            # PyTorch's caching allocator aligns blocks to 512 bytes (the library needs 256).
+            workspace = torch.empty(max(needed.value, 1), dtype=torch.uint8, device=q.device)
+            a.workspace, a.workspace_bytes = workspace.data_ptr(), needed.value
+        _ffi.check(lib.tileattn_sta_forward(ctypes.byref(a), ctypes.c_void_p(stream)))
     return out, lse
 
 
 @sta_forward.register_fake
-def _sta_forward_fake(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale):
+def _sta_forward_fake(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale, precision="native"):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -136,8 +158,9 @@ def _sta_backward_fake(grad_out, q, k, v, out, lse, text_valid, video_shape, til
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale = inputs
+    q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale = inputs[:10]
     out, lse = output
+    ctx.precision = inputs[10] if len(inputs) > 10 else "native"
     ctx.save_for_backward(q, k, v, out, lse, text_valid)  # O and LSE: all the backward needs besides the inputs
     ctx.config = (list(video_shape), list(tile), list(windows), int(text_len), layout, float(scale))
     ctx.mark_non_differentiable(lse)
@@ -147,11 +170,14 @@ def _backward(ctx, grad_out, grad_lse):
     # lse is marked non-differentiable, so grad_lse carries nothing.
     q, k, v, out, lse, text_valid = ctx.saved_tensors
     if grad_out is None:
-        return None, None, None, None, None, None, None, None, None, None
+        return (None,) * 11
+    if ctx.precision != "native":  # sta_attention refuses this before the forward; the op itself may be called
+        raise NotImplementedError(f"tileattn STA: precision={ctx.precision!r} has no backward (the backward "
+                                  "differentiates the native forward); use precision='native' or torch.no_grad()")
     # torch.use_deterministic_algorithms(True) selects the bitwise-reproducible dQ accumulation.
     deterministic = torch.are_deterministic_algorithms_enabled()
     dq, dk, dv = sta_backward(grad_out, q, k, v, out, lse, text_valid, *ctx.config, deterministic)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    return (dq, dk, dv) + (None,) * 8
 
 
 sta_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -187,8 +213,25 @@ def _reference_call(q, k, v, text_valid, video_shape, tile, windows, text_len, l
     return a, (qf, kf, vf, tv, win), restore
 
 
+def _sta_forward_fp8_cpu(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale):
+    """precision="fp8" on the CPU: the FP8 numerics emulated in torch (tileattn.fp8_reference)."""
+    from .fp8_reference import sta_attention_fp8_reference
+    from .sta import StaPlan, tile as to_tile_major, untile
+    triples = [tuple(windows[i:i + 3]) for i in range(0, len(windows), 3)]
+    plan = StaPlan(video_shape, triples[0] if len(triples) == 1 else (triples or None), tile, text_len)
+    if layout == "tile_major":
+        q, k, v = (untile(t, video_shape, tile, text_len) for t in (q, k, v))
+    out, lse = sta_attention_fp8_reference(q, k, v, plan, text_valid, return_lse=True, scale=scale or None)
+    if layout == "tile_major":
+        out = to_tile_major(out, video_shape, tile, text_len)
+        lse = to_tile_major(lse.unsqueeze(-1), video_shape, tile, text_len).squeeze(-1)
+    return out.contiguous(), lse.contiguous()
+
+
 @sta_forward.register_kernel("cpu")
-def _sta_forward_cpu(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale):
+def _sta_forward_cpu(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale, precision="native"):
+    if check_precision(precision) == "fp8":
+        return _sta_forward_fp8_cpu(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale)
     a, keep, restore = _reference_call(q, k, v, text_valid, video_shape, tile, windows, text_len, layout, scale)
     out = torch.empty(keep[0].shape, dtype=torch.float32)
     lse = torch.empty(keep[0].shape[:3], dtype=torch.float32)

@@ -39,9 +39,10 @@ class DenoisingStep:
 class SlidingTileAttnProcessor:
     def __init__(self, processor, layer: int, video_shape: Triple, text_len: int = 0, tile: Triple = (6, 8, 8),
                  strategy: Optional[MaskStrategy] = None, window: Optional[Sequence] = None, dense_steps: int = 0,
-                 step: Optional[DenoisingStep] = None):
+                 step: Optional[DenoisingStep] = None, precision: Optional[str] = None):
         """processor: the processor to wrap. Windows come from `strategy` (per step/layer/head) or `window` (one
-        triple or one per head, all steps). The first `dense_steps` steps stay dense."""
+        triple or one per head, all steps). The first `dense_steps` steps stay dense. precision: "native" or "fp8";
+        default the strategy's precision for this layer, else native."""
         from .diffusers import StaHandle
         from .sta import _triple
         if strategy is None and window is None:
@@ -54,7 +55,8 @@ class SlidingTileAttnProcessor:
         self.text_len = int(text_len)
         self.step = step if step is not None else DenoisingStep()
         self.n_tokens = math.prod(self.video_shape) + self.text_len
-        self._sta = StaHandle([], window, strategy, _triple(tile, "tile"), int(dense_steps), strict=False)
+        self._sta = StaHandle([], window, strategy, _triple(tile, "tile"), int(dense_steps), strict=False,
+                              precision=precision)
         _intercept.signature_preserving_wrapper(self, processor)
 
     @property

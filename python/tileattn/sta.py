@@ -34,6 +34,7 @@ class STAConfig:
     tile: Triple = (6, 8, 8)
     text_len: int = 0
     layout: str = "natural"
+    precision: str = "native"
 
     @property
     def grid(self) -> Triple:
@@ -42,7 +43,7 @@ class STAConfig:
     def __call__(self, q, k, v, text_valid=None, scale=None, return_lse: bool = False):
         """sta_attention with this configuration."""
         return sta_attention(q, k, v, self.video_shape, self.window, self.tile, self.text_len, text_valid,
-                             self.layout, scale, return_lse)
+                             self.layout, scale, return_lse, precision=self.precision)
 
 
 def _grid(video_shape: Triple, tile_shape: Triple) -> Triple:
@@ -236,7 +237,7 @@ _LOOSE_DEFAULTS = ((3, 3, 3), (6, 8, 8), 0)  # sta_attention's window, tile, tex
 def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape=None, window=(3, 3, 3),
                   tile=(6, 8, 8), text_len: int = 0, text_valid: Optional[torch.Tensor] = None,
                   layout: str = "natural", scale: Optional[float] = None, return_lse: bool = False, *,
-                  plan: Optional[StaPlan] = None):
+                  plan: Optional[StaPlan] = None, precision: str = "native"):
     """Sliding Tile Attention, a drop-in for F.scaled_dot_product_attention on video tokens.
 
     q/k/v: [B, heads, S, D] (SDPA's layout, any strides with D contiguous; k/v may have fewer heads: GQA), S = T*H*W
@@ -244,10 +245,14 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
     plan: a tileattn.StaPlan; or, equivalently, the loose arguments it is made of (video_shape, window, tile,
     text_len; window: (wt, wh, ww) in tiles for every head, one triple per query head, or None for dense).
     text_valid: optional int32 [B] on q's device: valid text tokens per sample (the rest get no weight).
+    precision: "native" (the tensor cores multiply q's dtype) or "fp8": a pre-pass quantizes Q, K, V to e4m3 with
+    fine-grained scales (K smoothed, P scaled; docs/DESIGN.md "FP8 STA forward"), output still in q's dtype.
+    Forward only: with precision="fp8", inputs that require grad (under grad mode) raise ValueError.
     Returns O [B, heads, S, D] (and the fp32 log-sum-exp [B, heads, S] if return_lse).
 
     CUDA tensors (bf16/fp16) run the sm_90a kernels. CPU tensors (fp32, fp64, bf16, fp16) run the C++ reference with
-    the same semantics, forward and backward: fp32 arithmetic (fp64 sums for fp64 inputs), output in q's dtype.
+    the same semantics, forward and backward: fp32 arithmetic (fp64 sums for fp64 inputs), output in q's dtype; with
+    precision="fp8", the FP8 numerics emulated in torch (tileattn.fp8_reference).
     """
     if plan is None:
         if video_shape is None:
@@ -257,8 +262,12 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
         raise TypeError(f"plan must be a tileattn.StaPlan, got {type(plan).__name__}")
     elif video_shape is not None or (window, tile, text_len) != _LOOSE_DEFAULTS:
         raise TypeError("give plan or video_shape/window/tile/text_len, not both")
+    ops.check_precision(precision)
     ops.check_qkv(q, k, v, allow_cpu=True)
     plan.check_matches(q)
+    if precision != "native" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(f"precision={precision!r} is forward only (no FP8 backward): call it under torch.no_grad() "
+                         "or on inputs that do not require grad, or use precision='native'")
     if layout not in ("natural", "tile_major"):
         raise ValueError(f"layout must be 'natural' or 'tile_major', got {layout!r}")
     if text_valid is not None:
@@ -267,5 +276,6 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
             raise ValueError("text_valid must be an int32 tensor of shape [batch] on q's device")
         text_valid = text_valid.contiguous()
     out, lse = ops.sta_forward(q, k, v, text_valid, list(plan.video_shape), list(plan.tile),
-                               [x for w in plan.windows for x in w], plan.text_len, layout, float(scale or 0.0))
+                               [x for w in plan.windows for x in w], plan.text_len, layout, float(scale or 0.0),
+                               precision)
     return (out, lse) if return_lse else out

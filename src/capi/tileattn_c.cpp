@@ -122,6 +122,9 @@ tileattn::StaForwardArgs forward_args(const tileattn_sta_forward_args* a, std::v
   if (a->layout != TILEATTN_NATURAL && a->layout != TILEATTN_TILE_MAJOR)
     throw_argument_error("layout", fmt::format("must be TILEATTN_NATURAL (0) or TILEATTN_TILE_MAJOR (1), got {}",
                                                a->layout));
+  if (a->precision != TILEATTN_NATIVE && a->precision != TILEATTN_FP8)
+    throw_argument_error("precision", fmt::format("must be TILEATTN_NATIVE (0) or TILEATTN_FP8 (1), got {}",
+                                                  a->precision));
   // The count first: the triples are read from the caller's array only once it is known to hold that many.
   if (a->num_windows != 0 && a->num_windows != 1 && (a->num_windows != a->q_heads || a->q_heads > kMaxQueryHeads))
     throw_argument_error("num_windows", fmt::format("must be 0 (dense), 1 (all heads) or q_heads = {} (at most {}), "
@@ -139,6 +142,9 @@ tileattn::StaForwardArgs forward_args(const tileattn_sta_forward_args* a, std::v
   args.layout = static_cast<TokenLayout>(a->layout);
   args.text_valid = a->text_valid;
   args.windows = windows;
+  args.precision = static_cast<Precision>(a->precision);
+  args.workspace = a->workspace;
+  args.workspace_bytes = a->workspace_bytes;
   return args;
 }
 
@@ -198,6 +204,14 @@ int tileattn_sta_forward(const tileattn_sta_forward_args* a, void* stream) {
   return guarded([&] {
     std::vector<tileattn::Window> windows;
     tileattn::sta_forward(forward_args(a, windows), static_cast<tileattn::StreamHandle>(stream));
+  });
+}
+
+int tileattn_sta_forward_workspace_bytes(const tileattn_sta_forward_args* a, int64_t* bytes) {
+  return guarded([&] {
+    if (bytes == nullptr) tileattn::throw_argument_error("bytes", "is NULL");
+    std::vector<tileattn::Window> windows;
+    *bytes = tileattn::sta_forward_workspace_bytes(forward_args(a, windows));
   });
 }
 

@@ -53,6 +53,25 @@ Extent3 parse_triple(const std::string& source, const std::string& key, const js
 
 json triple(const Extent3& e) { return json::array({e.t, e.h, e.w}); }
 
+Precision parse_precision(const std::string& source, const std::string& key, const json& value) {
+  if (value == "native") return Precision::native;
+  if (value == "fp8") return Precision::fp8;
+  fail(source, key, fmt::format("precision must be \"native\" or \"fp8\", got {}", detail::brief(value)));
+}
+
+const char* precision_name(Precision p) { return p == Precision::fp8 ? "fp8" : "native"; }
+
+void parse_layer_precision(const std::string& source, const json& object, MaskStrategy& out) {
+  if (!object.is_object()) fail(source, "layer_precision", "must be an object of \"<layer>\": \"native\" | \"fp8\"");
+  for (const auto& [key, value] : object.items()) {
+    int64_t layer = -1;
+    auto [ptr, ec] = std::from_chars(key.data(), key.data() + key.size(), layer);
+    if (key.empty() || ec != std::errc() || ptr != key.data() + key.size() || layer < 0)
+      fail(source, "layer_precision." + key, "expected a layer index (an integer >= 0)");
+    out.layer_precision[layer] = parse_precision(source, "layer_precision." + key, value);
+  }
+}
+
 void parse_windows(const std::string& source, const json& object, MaskStrategy& out) {
   for (const auto& [key, value] : object.items()) {
     StrategyKey k = parse_key(source, key);
@@ -69,6 +88,11 @@ std::optional<Window> MaskStrategy::window_for(int64_t step, int64_t layer, int6
   if (step < dense_steps) return std::nullopt;
   if (auto it = windows.find({step, layer, head}); it != windows.end()) return it->second;
   return default_window;
+}
+
+Precision MaskStrategy::precision_for(int64_t layer) const {
+  if (auto it = layer_precision.find(layer); it != layer_precision.end()) return it->second;
+  return precision;
 }
 
 void MaskStrategy::validate() const {
@@ -92,7 +116,8 @@ MaskStrategy parse_mask_strategy(const std::string& text, const std::string& sou
   if (!doc.contains("version") || doc["version"] != 1)
     fail(source, "version", fmt::format("expected 1, got {}", detail::brief(doc.value("version", json()))));
   static const std::set<std::string> kKnown = {"format", "version", "video_shape", "tile", "text_len",
-                                               "default", "dense_steps", "windows"};
+                                               "default", "dense_steps", "windows", "precision",
+                                               "layer_precision"};
   for (const auto& [key, value] : doc.items())
     if (!kKnown.contains(key)) fail(source, key, "unknown key");
   const bool has_shape = doc.contains("video_shape"), has_tile = doc.contains("tile");
@@ -122,6 +147,8 @@ MaskStrategy parse_mask_strategy(const std::string& text, const std::string& sou
     if (!doc["windows"].is_object()) fail(source, "windows", "must be an object of \"step_layer_head\": [wt, wh, ww]");
     parse_windows(source, doc["windows"], out);
   }
+  if (doc.contains("precision")) out.precision = parse_precision(source, "precision", doc["precision"]);
+  if (doc.contains("layer_precision")) parse_layer_precision(source, doc["layer_precision"], out);
   try {
     out.validate();
   } catch (const ArgumentError& e) {
@@ -149,13 +176,22 @@ std::string dump_mask_strategy(const MaskStrategy& s, MaskStrategyFormat format)
   doc["default"] = s.default_window ? triple(*s.default_window) : json();
   doc["dense_steps"] = s.dense_steps;
   doc["windows"] = windows;
+  // Written only when some layer is not native, so that files without FP8 stay readable by older libraries.
+  if (s.precision != Precision::native) doc["precision"] = precision_name(s.precision);
+  if (!s.layer_precision.empty()) {
+    json layers = json::object();
+    for (const auto& [layer, p] : s.layer_precision) layers[std::to_string(layer)] = precision_name(p);
+    doc["layer_precision"] = layers;
+  }
   return doc.dump(1);
 }
 
 void write_mask_strategy(const MaskStrategy& s, const std::string& path, MaskStrategyFormat format) {
-  if (format == MaskStrategyFormat::fastvideo && (s.default_window || s.geometry || s.dense_steps != 0))
-    throw_argument_error("format", "FastVideo's format has no place for default, geometry or dense_steps; use "
-                                   "the tileattn format");
+  if (format == MaskStrategyFormat::fastvideo &&
+      (s.default_window || s.geometry || s.dense_steps != 0 || s.precision != Precision::native ||
+       !s.layer_precision.empty()))
+    throw_argument_error("format", "FastVideo's format has no place for default, geometry, dense_steps or "
+                                   "precision; use the tileattn format");
   detail::write_text_file_atomic(path, dump_mask_strategy(s, format) + "\n", "mask strategy");
 }
 

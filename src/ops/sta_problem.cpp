@@ -137,6 +137,8 @@ kernels::BackwardWorkspace backward_workspace(const StaShape& sta, int64_t query
 
 StaBackwardProblem resolve_sta_backward(const StaBackwardArgs& a) {
   const StaForwardArgs& f = a.forward;
+  if (f.precision != Precision::native)
+    throw_argument_error("precision", "must be native: the backward differentiates the native forward (no FP8 one)");
   StaShape sta = resolve_sta_shape(f);
   if (f.lse == nullptr) throw_argument_error("lse", "the backward needs the forward's LSE (got a null pointer)");
   validate_device_tensor("grad_out", a.grad_out, f.batch, f.q_heads, f.head_dim, 16, "TMA");

@@ -19,6 +19,9 @@ CASES = [
     (["plan", "--svg-head", "3"], "--svg-head"),
     (["bench", "--dtype", "fp8"], "--dtype"),
     (["bench", "--windows", "2x2x2"], "--windows"),
+    (["bench", "--precision", "fp16"], "--precision"),
+    (["bench", "--precision", "fp8", "--backward"], "--precision"),  # the FP8 forward has no backward
+    (["bench", "--precision", "fp8", "--fg"], "--precision"),
     # FG-Attn options are checked before any GPU work (so also in builds and on machines without one)
     (["bench", "--fg", "--fg-sparsity", "1.0"], "--fg-sparsity"),
     (["bench", "--fg", "--fg-sparsity", "0.5,x"], "--fg-sparsity"),

@@ -54,6 +54,35 @@ TEST(MaskStrategy, RoundTripsBothFormats) {
   EXPECT_THROW(write_mask_strategy(s, path, MaskStrategyFormat::fastvideo), ArgumentError);
 }
 
+TEST(MaskStrategy, PerLayerPrecision) {
+  // Absent: every layer native (and FastVideo's format has no precision at all).
+  EXPECT_EQ(parse_mask_strategy(R"({"0_0_0": [3, 3, 3]})", "fv.json").precision_for(5), Precision::native);
+  const MaskStrategy s = parse_mask_strategy(R"({"format": "tileattn.mask_strategy", "version": 1,
+      "default": [3, 3, 3], "layer_precision": {"2": "fp8", "7": "native"}})", "p.json");
+  EXPECT_EQ(s.precision_for(2), Precision::fp8);
+  EXPECT_EQ(s.precision_for(7), Precision::native);
+  EXPECT_EQ(s.precision_for(0), Precision::native);
+  const MaskStrategy g = parse_mask_strategy(R"({"format": "tileattn.mask_strategy", "version": 1,
+      "precision": "fp8", "layer_precision": {"0": "native"}})", "g.json");
+  EXPECT_EQ(g.precision_for(0), Precision::native);
+  EXPECT_EQ(g.precision_for(1), Precision::fp8);
+  // The normalised dump keeps it; a strategy without it dumps as before (no precision keys).
+  const MaskStrategy back = parse_mask_strategy(dump_mask_strategy(g, MaskStrategyFormat::tileattn), "again");
+  EXPECT_EQ(back.precision, Precision::fp8);
+  EXPECT_EQ(back.layer_precision, g.layer_precision);
+  EXPECT_EQ(dump_mask_strategy(MaskStrategy{}, MaskStrategyFormat::tileattn).find("precision"), std::string::npos);
+  const auto path = (std::filesystem::temp_directory_path() / "tileattn_strategy_fp8.json").string();
+  EXPECT_THROW(write_mask_strategy(s, path, MaskStrategyFormat::fastvideo), ArgumentError);
+  EXPECT_NE(expect_file_error(R"({"format": "tileattn.mask_strategy", "version": 1, "precision": "fp16"})")
+                .find("key 'precision'"), std::string::npos);
+  EXPECT_NE(expect_file_error(R"({"format": "tileattn.mask_strategy", "version": 1,
+      "layer_precision": {"3": 8}})").find("key 'layer_precision.3'"), std::string::npos);
+  EXPECT_NE(expect_file_error(R"({"format": "tileattn.mask_strategy", "version": 1,
+      "layer_precision": {"x": "fp8"}})").find("layer index"), std::string::npos);
+  EXPECT_NE(expect_file_error(R"({"format": "tileattn.mask_strategy", "version": 1, "layer_precision": ["fp8"]})")
+                .find("key 'layer_precision'"), std::string::npos);
+}
+
 TEST(MaskStrategy, MalformedFilesNameTheKeyAndProblem) {
   EXPECT_NE(expect_file_error("{not json").find("not valid JSON"), std::string::npos);
   EXPECT_NE(expect_file_error("[1,2]").find("object"), std::string::npos);

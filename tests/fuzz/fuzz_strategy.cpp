@@ -13,7 +13,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const tileattn::MaskStrategy s = tileattn::parse_mask_strategy(text, "fuzz");
     const std::string again = tileattn::dump_mask_strategy(s, tileattn::MaskStrategyFormat::tileattn);
     const tileattn::MaskStrategy t = tileattn::parse_mask_strategy(again, "fuzz (normalised)");
-    if (t.windows != s.windows || t.dense_steps != s.dense_steps || t.default_window != s.default_window)
+    if (t.windows != s.windows || t.dense_steps != s.dense_steps || t.default_window != s.default_window ||
+        t.precision != s.precision || t.layer_precision != s.layer_precision)
       __builtin_trap();
   });
   // The file path (bounded read) on the same bytes.
