@@ -139,8 +139,11 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
   sp.head_hist = reinterpret_cast<DynHeadHist*>(pr.ws(pr.layout.head_hist));
   sp.row_ties = reinterpret_cast<DynRowTies*>(pr.ws(pr.layout.row_ties));
   const size_t bitmap = a.window ? size_t((ng + 31) / 32) * 4 : 0;
+  // select_rows_kernel: the row's keys after the bitmap when they fit (see kMaxCachedKeyBytes).
+  sp.cache_keys = ng * 4 <= kMaxCachedKeyBytes ? 1 : 0;
+  const size_t select_smem = bitmap + (sp.cache_keys ? size_t(ng) * 4 : 0);
+  if (select_smem > 0) set_smem(select_rows_kernel, select_smem);
   if (bitmap > 0) {
-    set_smem(select_rows_kernel, bitmap);
     set_smem(target_hist_kernel, bitmap);
     set_smem(target_ties_kernel, bitmap);
   }
@@ -160,7 +163,7 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
       target_tie_split_kernel<<<unsigned(heads), kSelThreads, 0, pr.stream>>>(sp);
       check(cudaGetLastError(), "target_sparsity kernels");
     }
-    select_rows_kernel<<<unsigned(rows), kSelThreads, bitmap, pr.stream>>>(sp);
+    select_rows_kernel<<<unsigned(rows), kSelThreads, select_smem, pr.stream>>>(sp);
     check(cudaGetLastError(), "select_rows_kernel");
   }
 }
