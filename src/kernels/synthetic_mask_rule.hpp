@@ -34,6 +34,7 @@ struct SyntheticRule {
   int64_t tokens, query_block, key_group;  // the plan's shape (M, N)
   int kind;                                // SyntheticMask
   double keep;                             // 1 - sparsity
+  uint64_t keep_below;                     // random: kept iff the hash's top 53 bits < this (keep_threshold(keep))
   uint64_t seed;
   int64_t video_t, video_h, video_w, num_video;  // num_video = tokens for random
   int64_t box_t, box_h, box_w;
@@ -74,7 +75,7 @@ struct SyntheticRule {
     if (kind == int(SyntheticMask::random)) {
       const uint64_t h = synthetic_mix64(
           seed ^ synthetic_mix64((uint64_t(head) << 40) ^ (uint64_t(qb) << 20) ^ synthetic_mix64(uint64_t(g))));
-      return double(h >> 11) * 0x1.0p-53 < keep;
+      return (h >> 11) < keep_below;  // = double(h >> 11) * 2^-53 < keep
     }
     if (r.text_query || last >= num_video) return true;  // text queries see all; every group holding text is kept
     for (int64_t p = first; p <= last; ++p) {
@@ -123,6 +124,9 @@ struct SyntheticRule {
   }
 };
 
+// For the 53-bit integers x: x * 2^-53 < keep (exact in double) iff x < ceil(keep * 2^53), keep in [0, 1].
+inline uint64_t keep_threshold(double keep) { return static_cast<uint64_t>(std::ceil(keep * 0x1.0p53)); }
+
 // The rule of `options` on a plan of `shape` (validates the options as build_synthetic_column_plan documents).
 inline SyntheticRule make_synthetic_rule(const ColumnPlanShape& shape, const SyntheticMaskOptions& o) {
   if (!(o.sparsity >= 0.0 && o.sparsity < 1.0))
@@ -131,7 +135,7 @@ inline SyntheticRule make_synthetic_rule(const ColumnPlanShape& shape, const Syn
     throw_argument_error("kind", "must be SyntheticMask::random or SyntheticMask::local");
   SyntheticRule s{};
   s.tokens = shape.tokens, s.query_block = shape.query_block, s.key_group = shape.key_group;
-  s.kind = int(o.kind), s.keep = 1.0 - o.sparsity, s.seed = o.seed, s.keep_diagonal = o.keep_diagonal;
+  s.kind = int(o.kind), s.keep = 1.0 - o.sparsity, s.keep_below = keep_threshold(s.keep), s.seed = o.seed, s.keep_diagonal = o.keep_diagonal;
   s.video_t = std::max<int64_t>(o.video.t, 1), s.video_h = std::max<int64_t>(o.video.h, 1);
   s.video_w = std::max<int64_t>(o.video.w, 1);
   s.num_video = shape.tokens;

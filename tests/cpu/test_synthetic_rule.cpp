@@ -2,6 +2,7 @@
 // definition group by group (SyntheticRule::keeps), on random shapes: the same groups, ascending, each once.
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,20 @@ TEST(SyntheticRule, LocalRowsAt720p) {
     for (int64_t qb : {int64_t{0}, int64_t{1}, int64_t{449}, int64_t{450}, int64_t{899}, int64_t{900},
                        shape.num_query_blocks() - 1})
       ASSERT_EQ(direct(s, qb), by_definition(s, 0, qb)) << "query block " << qb;
+  }
+}
+
+// random: the integer threshold on the hash's top 53 bits decides as the definition's double comparison does.
+TEST(SyntheticRule, RandomThresholdEqualsTheDoubleComparison) {
+  std::mt19937_64 bits(11);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const double keep = trial < 4 ? double(trial) / 3.0 : std::uniform_real_distribution<double>(0.0, 1.0)(bits);
+    const uint64_t t = kernels::keep_threshold(keep);
+    const uint64_t around[] = {t - 2, t - 1, t, t + 1, bits() >> 11, 0, (uint64_t{1} << 53) - 1};
+    for (uint64_t x : around) {
+      if (x >= (uint64_t{1} << 53)) continue;
+      ASSERT_EQ(x < t, double(x) * 0x1.0p-53 < keep) << "keep " << keep << " x " << x;
+    }
   }
 }
 
