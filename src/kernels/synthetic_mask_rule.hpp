@@ -30,6 +30,10 @@ TILEATTN_HD inline uint64_t synthetic_mix64(uint64_t x) {  // splitmix64 finalis
   return x ^ (x >> 31);
 }
 
+// a / b for 0 <= a, 1 <= b < 2^32 (positions: tokens < 2^31) in 32-bit arithmetic: a 64-bit division is several
+// times dearer on the GPU, and the local rows divide twice per box line.
+TILEATTN_HD inline int64_t div32(int64_t a, int64_t b) { return int64_t(uint32_t(a) / uint32_t(b)); }
+
 struct SyntheticRule {
   int64_t tokens, query_block, key_group;  // the plan's shape (M, N)
   int kind;                                // SyntheticMask
@@ -114,9 +118,9 @@ struct SyntheticRule {
     for (int64_t t = r.b_t; t < r.b_t + box_t; ++t)
       for (int64_t h = r.b_h; h < r.b_h + box_h; ++h) {
         const int64_t p0 = (t * video_h + h) * video_w + r.b_w;
-        const int64_t a = p0 / N;
+        const int64_t a = div32(p0, N);
         if (!diag && d0 <= a) take(d0, d1), diag = true;
-        take(a, (p0 + box_w - 1) / N);
+        take(a, div32(p0 + box_w - 1, N));
       }
     if (!diag) take(d0, d1);
     if (num_video < tokens) take(num_video / N, ng - 1);
