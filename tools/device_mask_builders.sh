@@ -46,27 +46,40 @@ cache_rc=skipped
 if PYTHONPATH=python timeout 30 python3 -c "import torch, tileattn; assert torch.cuda.is_available()" 2>/dev/null; then
   cache_rc=0
   PYTHONPATH=python timeout 60 python3 - > "$OUT/cache.log" 2>&1 <<'EOF' || cache_rc=$?
-# FgMaskCache.get(step, build) over a 50-step run, build = synthetic_fg_plan(out=plan) at 720p: per-step cost.
+# FgMaskCache.get(step, build) over a 50-step run at 720p, build = dynamic_fg_plan(q, k, out=plan) (N = 16, top_k
+# keeping 30% and target_sparsity 0.7, text 256 always kept) or synthetic_fg_plan(out=plan): per-step cost.
 import json, math, torch, tileattn
 from tileattn.fg import FgMaskCache
-steps = 50
+steps, T, H = 50, 115200, 24
+gen = torch.Generator(device="cuda").manual_seed(1)
+q = torch.randn(1, H, T, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+k = torch.randn(1, H, T, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+builders = []
+for rule in ("top_k", "target_sparsity"):
+    N = 16
+    plan = tileattn.synthetic_fg_plan(T, H, 128, N, 0.7, device="cuda")
+    builders.append((f"dynamic {rule}", N, lambda rule=rule, N=N, plan=plan: tileattn.dynamic_fg_plan(
+        q, k, 128, N, rule=rule, k_groups=(T // N) * 3 // 10, target_sparsity=0.7, always_keep_text=True,
+        text_len=256, out=plan)))
 for kind in ("random", "local"):
     for N in (16, 64):
-        plan = tileattn.synthetic_fg_plan(115200, 24, 128, N, 0.7, kind=kind, video=(30, 48, 80), device="cuda")
-        build = lambda: tileattn.synthetic_fg_plan(115200, 24, 128, N, 0.7, kind=kind, video=(30, 48, 80), out=plan)
-        for R in (1, 2, 5):
-            cache = FgMaskCache(R)
-            cache.get(0, build)  # warm
-            cache.clear()
-            torch.cuda.synchronize()
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for step in range(steps):
-                cache.get(step, build)
-            stop.record()
-            torch.cuda.synchronize()
-            print("CACHE " + json.dumps({"kind": kind, "N": N, "refresh": R, "steps": steps,
-                                         "builds": math.ceil(steps / R), "per_step_ms": start.elapsed_time(stop) / steps}))
+        plan = tileattn.synthetic_fg_plan(T, H, 128, N, 0.7, kind=kind, video=(30, 48, 80), device="cuda")
+        builders.append((f"synthetic {kind}", N, lambda kind=kind, N=N, plan=plan: tileattn.synthetic_fg_plan(
+            T, H, 128, N, 0.7, kind=kind, video=(30, 48, 80), out=plan)))
+for kind, N, build in builders:
+    for R in (1, 2, 5):
+        cache = FgMaskCache(R)
+        cache.get(0, build)  # warm
+        cache.clear()
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for step in range(steps):
+            cache.get(step, build)
+        stop.record()
+        torch.cuda.synchronize()
+        print("CACHE " + json.dumps({"kind": kind, "N": N, "refresh": R, "steps": steps,
+                                     "builds": math.ceil(steps / R), "per_step_ms": start.elapsed_time(stop) / steps}))
 EOF
   echo "FgMaskCache timing: rc=$cache_rc"
 fi
