@@ -91,9 +91,10 @@ void launch_statistics(const Problem& pr) {
 }
 
 // Masses of query heads [h0, h0 + heads) into `mass` ([heads * nq, ng]). One pass (batch 1): scores once, the
-// pass's LSE from the partials, then L -> 2^(L - lse) in place; otherwise the statistics must have run.
+// pass's LSE from the partials, then (to_masses) L -> mass_from_log(L, lse) in place, else `mass` keeps L for the
+// selection to convert as it reads (returns true); two passes: the statistics must have run (returns false).
 template <DType T, int D>
-void launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass) {
+bool launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass, bool to_masses) {
   const DynamicMaskArgs& a = pr.a;
   const bool fused = one_pass(pr);
   const int64_t heads_per_kv = std::min(heads, pr.group()), kv = heads / heads_per_kv;
@@ -131,10 +132,11 @@ void launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass) {
     combine_kernel<<<grid_for(rows, 256), 256, 0, pr.stream>>>(partial + row0, mp.splits, rows, pooled_rows, 0.0f,
                                                                 lse + row0);
     check(cudaGetLastError(), "combine_kernel");
+    if (!to_masses) return true;
     mass_from_log_kernel<<<unsigned(std::min<int64_t>(rows, 65535)), 256, 0, pr.stream>>>(mass, lse + row0, rows,
                                                                                           int(pr.ng()));
     check(cudaGetLastError(), "mass_from_log_kernel");
-    return;
+    return false;
   }
   if (pr.shape.key_group == 1) {
     const size_t smem = 2 * KTile<D>::kBytes;
@@ -146,6 +148,7 @@ void launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass) {
     mass_kernel<T, D, false><<<grid, kScoreThreads, smem, pr.stream>>>(mp);
   }
   check(cudaGetLastError(), "mass_kernel");
+  return false;
 }
 
 template <DType T, int D>
@@ -154,7 +157,7 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
   if (!one_pass(pr)) launch_statistics<T, D>(pr);
   const DynamicMaskArgs& a = pr.a;
   if (out == nullptr) {
-    launch_masses<T, D>(pr, 0, a.q_heads, mass_out);
+    launch_masses<T, D>(pr, 0, a.q_heads, mass_out, true);
     return;
   }
   const ColumnPlanShape& shape = pr.shape;
@@ -188,7 +191,8 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
   const bool target = sel.rule == SelectionRule::target_sparsity;
   for (int64_t h0 = 0; h0 < a.q_heads; h0 += pr.layout.heads_per_pass) {
     const int64_t heads = std::min(pr.layout.heads_per_pass, a.q_heads - h0), rows = heads * nq;
-    launch_masses<T, D>(pr, h0, heads, const_cast<float*>(sp.mass));
+    const bool from_log = launch_masses<T, D>(pr, h0, heads, const_cast<float*>(sp.mass), false);
+    sp.lse = from_log ? reinterpret_cast<const float*>(pr.ws(pr.layout.lse)) + h0 * nq : nullptr;  // batch 1
     sp.h0 = int(h0);
     if (target) {
       check(cudaMemsetAsync(sp.head_state, 0, sizeof(DynHeadState) * heads, pr.stream), "cudaMemsetAsync");

@@ -568,12 +568,16 @@ __global__ void __launch_bounds__(kScoreThreads) fused_mass_kernel(MassParams p,
     }
 }
 
-// mass[r][g] = 2^(L - lse[r]) in place, rows [0, rows) of ng groups (one CTA per row at a time).
+// A group's mass from the one-pass estimate's L and its row's LSE. The selection applies it as it reads L (a build
+// never writes the masses), mass_from_log_kernel for estimate_column_mass_gpu: the same value either way.
+__device__ __forceinline__ float mass_from_log(float L, float lse) { return ex2(L - lse); }
+
+// mass[r][g] = mass_from_log(mass[r][g], lse[r]) in place, rows [0, rows) of ng groups.
 __global__ void mass_from_log_kernel(float* mass, const float* lse, int64_t rows, int ng) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float l = lse[r];
     float* row = mass + r * ng;
-    for (int g = threadIdx.x; g < ng; g += blockDim.x) row[g] = ex2(row[g] - l);
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) row[g] = mass_from_log(row[g], l);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/dynamic_mask/scoring.cuh"  // mass_from_log
 #include "kernels/dynamic_mask_layout.hpp"
 
 namespace tileattn {
@@ -34,7 +35,8 @@ __device__ constexpr Cut kKeepAll{0, kAllTies};
 __device__ constexpr Cut kKeepForced{kForcedBit - 1, 0};  // exactly the keys >= 2^30
 
 struct SelectParams {
-  const float* mass;  // [pass rows, ng]
+  const float* mass;  // [pass rows, ng]; with lse: the one-pass estimate's L (mass = mass_from_log(L, lse[row]))
+  const float* lse;   // [pass rows] (from the pass's first row), or null: mass holds the masses
   int tokens, nq, ng, query_block, key_group;
   int h0;  // first query head of the pass
   int rule;
@@ -64,6 +66,8 @@ struct RowView {
   const float* mass;
   const uint32_t* bitmap;  // eligible groups (window), or null: all
   const uint32_t* keys;    // the row's keys in shared memory (kIneligible: not eligible), or null: from mass
+  bool from_log;           // mass holds L (see SelectParams), lse the row's LSE
+  float lse;
   int ng, key_group, tokens, diag_first, diag_last, text_first;
   bool density;
 
@@ -79,7 +83,7 @@ struct RowView {
       return k != kIneligible;
     }
     if (bitmap != nullptr && !((bitmap[g >> 5] >> (g & 31)) & 1u)) return false;
-    const float raw = __ldg(mass + g);
+    const float raw = from_log ? mass_from_log(__ldg(mass + g), lse) : __ldg(mass + g);
     m = raw >= 0.0f ? fminf(raw, 1.75f) : 0.0f;
     if ((g >= diag_first && g <= diag_last) || g >= text_first)
       k = __float_as_uint(m) | kForcedBit;
@@ -351,6 +355,8 @@ __device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitma
   v.ng = p.ng, v.key_group = p.key_group, v.tokens = p.tokens, v.density = density;
   v.bitmap = nullptr;
   v.keys = nullptr;
+  v.from_log = p.lse != nullptr;
+  v.lse = v.from_log ? p.lse[row] : 0.0f;
   if (p.win_counts != nullptr) {
     for (int i = threadIdx.x; i < (p.ng + 31) / 32; i += kSelThreads) bitmap[i] = 0;
     __syncthreads();
