@@ -3,15 +3,16 @@
 #  1. timings: the synthetic builders (random, local) and the dynamic estimator (top_k, target_sparsity, top_p) at
 #     N = 1, 8, 16, 64, each with its correctness check (FgSyntheticGpu.HunyuanScaleTimingAndSampledRows,
 #     DynamicMaskGpu.HunyuanScaleBuildersAgainstReplay: "TIMING {json}" lines);
-#  2. correctness: the rest of the synthetic and dynamic-mask GPU suites on fresh random inputs;
-#  3. optional: FgMaskCache (python/tileattn/fg.py) around synthetic_fg_plan over 50 steps, when torch with CUDA
-#     imports.
+#  2. correctness: the rest of the synthetic and dynamic-mask GPU suites on fresh random inputs, then memcheck and
+#     racecheck on a few small cases (SANITIZE=0 skips them);
+#  3. optional: FgMaskCache (python/tileattn/fg.py) around dynamic_fg_plan and synthetic_fg_plan over 50 steps,
+#     when torch with CUDA imports.
 # Usage (on the device, in the repository copy):
 #   OUT=/some/dir tools/device_mask_builders.sh BIN_DIR
 # BIN_DIR holds libtileattn.so, tileattn (CLI) and tileattn_gpu_tests built from this tree (e.g. tools/pack_device.sh's
-# .carry/bin). Writes into $OUT (6 files at most): gpu.txt, timing.log, suites.log, mask_builders.json,
-# mask_builders.md, cache.log (step 3 only). Exit status: 0 when every step passed, else the first failing step's.
-# GPU time: about 1-2 minutes; each step is bounded by a timeout (120 + 150 + 60 s at most).
+# .carry/bin). Writes into $OUT (7 files at most): gpu.txt, timing.log, suites.log, sanitize.log, cache.log (step 3
+# only), mask_builders.json, mask_builders.md. Exit status: 0 when every step passed, else the first failing step's.
+# GPU time: about 2-3 minutes; each step is bounded by a timeout (120 + 150 + 2 x 90 + 60 s at most).
 set -euo pipefail
 BIN=$(cd "${1:?usage: OUT=dir $0 BIN_DIR}" && pwd)
 OUT=${OUT:-/tmp/out}
@@ -41,6 +42,23 @@ timeout 150 "$BIN/tileattn_gpu_tests" \
   > "$OUT/suites.log" 2>&1 || suites_rc=$?
 echo "correctness suites: rc=$suites_rc in $((SECONDS - t0)) s"
 [ "$status" -ne 0 ] || status=$suites_rc
+
+# Sanitizers on small shapes of the new kernels (the one-pass estimate, the cached-key selection, the warp-per-row
+# synthetic builder): memcheck and racecheck, one log. SANITIZE=0 skips.
+sanitize_rc=skipped
+if [ "${SANITIZE:-1}" != 0 ] && command -v compute-sanitizer > /dev/null; then
+  sanitize_rc=0
+  : > "$OUT/sanitize.log"
+  for tool in memcheck racecheck; do
+    t0=$SECONDS
+    rc=0
+    timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 "$BIN/tileattn_gpu_tests" \
+      --gtest_filter="FgSyntheticGpu.KeepDiagonal:DynamicMaskGpu.EdgeShapes:DynamicMaskGpu.EachRuleWithAndWithoutWindow" \
+      >> "$OUT/sanitize.log" 2>&1 || rc=$?
+    echo "sanitizer $tool: rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/sanitize.log"
+    [ "$sanitize_rc" -ne 0 ] || sanitize_rc=$rc
+  done
+fi
 
 cache_rc=skipped
 if PYTHONPATH=python timeout 30 python3 -c "import torch, tileattn; assert torch.cuda.is_available()" 2>/dev/null; then
@@ -84,10 +102,10 @@ EOF
   echo "FgMaskCache timing: rc=$cache_rc"
 fi
 
-python3 - "$OUT" "$timing_rc" "$suites_rc" "$cache_rc" <<'EOF'
+python3 - "$OUT" "$timing_rc" "$suites_rc" "$cache_rc" "$sanitize_rc" <<'EOF'
 # Collects the TIMING / CACHE lines and the gtest verdicts into mask_builders.json and mask_builders.md.
 import json, math, re, sys, os
-out, timing_rc, suites_rc, cache_rc = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+out, timing_rc, suites_rc, cache_rc, sanitize_rc = sys.argv[1:6]
 def lines(name):
     p = os.path.join(out, name)
     return open(p, errors="replace").read().splitlines() if os.path.exists(p) else []
@@ -105,10 +123,12 @@ steps = 50
 for t in timing:  # FgMaskCache's policy (build at 0, R, 2R, ...) over a 50-step run, from the measured build
     t["per_step_ms"] = {str(R): t["build_ms"] * math.ceil(steps / R) / steps for R in (1, 2, 5)}
 json.dump({"gpu": gpu, "seed": seed, "timing_rc": timing_rc, "suites_rc": suites_rc, "cache_rc": cache_rc,
+           "sanitize_rc": sanitize_rc,
            "builders": timing, "cache_measured": cache, "tests": verdicts},
           open(os.path.join(out, "mask_builders.json"), "w"), indent=1)
 md = [f"# Mask builders at hunyuan-720p ({gpu}; seed {seed})", "",
-      f"timing tests rc={timing_rc}, correctness suites rc={suites_rc}, FgMaskCache step rc={cache_rc}", "",
+      f"timing tests rc={timing_rc}, correctness suites rc={suites_rc}, sanitizers rc={sanitize_rc}, "
+      f"FgMaskCache step rc={cache_rc}", "",
       "| builder | N | rule | build ms | estimate alone ms | selection ms (build - estimate) | kept | "
       "per step R=1 / 2 / 5 (50 steps) |", "|---|---|---|---|---|---|---|---|"]
 for t in timing:
@@ -127,5 +147,7 @@ md += ["", f"tests: {sum(v == 'OK' for v in verdicts.values())} passed, {len(fai
 open(os.path.join(out, "mask_builders.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 EOF
-if [ "$cache_rc" != skipped ] && [ "$cache_rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$cache_rc; fi
+for rc in "$sanitize_rc" "$cache_rc"; do
+  if [ "$rc" != skipped ] && [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+done
 exit "$status"
