@@ -24,12 +24,15 @@
 //  3. masses, per pass of `heads_per_pass` query heads: the scores again, p = exp(s - lse) / batch, summed per key
 //     group (and over the batch) into an fp32 [heads_per_pass, query blocks, key groups] buffer in the workspace.
 //     Nothing of size [rows, tokens] exists unless N = 1, where the masses are the probabilities.
+//     Batch 1 runs 2 and 3 as one score pass: the online max/sum per row and, per group, log2 of its sum of
+//     exponentials; the selection turns those into masses with the combined log-sum-exp as it reads them.
 //  4. selection, per row (one CTA per row): a radix select on the 31-bit priority key (float bits of the mass, bit
 //     30 set for always-kept groups) in three histogram passes (11, 10, 10 bits) finds the rule's cut-off, and an
 //     ordered compaction writes the row's groups ascending, then -1 up to the capacity. target_sparsity runs the
 //     same radix select per head over mass per key, weighted by pairs, with histograms in global memory.
-//  Cost: two score passes of 2 * rows * tokens * head_dim FLOPs each (rows = batch * heads * query blocks), one
-//  write of the masses, and 3 to 6 reads of the masses per row for the selection.
+//  Cost: two score passes (batch 1: one) of 2 * rows * tokens * head_dim FLOPs each (rows = batch * heads * query
+//  blocks), one write of the masses, one read of them per row for the selection when a row's keys fit in 64 KB of
+//  shared memory (key groups <= 16,384), else 3 to 6, and 4 more for target_sparsity's per-head search.
 //
 // No host synchronization and no device allocation: a call can be captured in a CUDA graph. Results do not depend
 // on heads_per_pass (the masses are bit-identical), and repeated calls give identical plans.

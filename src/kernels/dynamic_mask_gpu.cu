@@ -49,8 +49,11 @@ struct Problem {
   float scale_log2() const { return ops::softmax_scale_log2(a.scale, a.head_dim); }
 };
 
+// Batch 1 takes the one-pass estimate (fused_mass_kernel); batch > 1 the statistics pass, then the masses.
+bool one_pass(const Problem& pr) { return pr.a.batch == 1; }
+
 template <DType T, int D>
-void launch_estimate(const Problem& pr) {
+void launch_pool(const Problem& pr) {
   const DynamicMaskArgs& a = pr.a;
   const int64_t nq = pr.nq(), rows = a.batch * a.q_heads * nq;
   auto* pooled = reinterpret_cast<uint16_t*>(pr.ws(pr.layout.pooled));
@@ -58,6 +61,13 @@ void launch_estimate(const Problem& pr) {
       static_cast<const uint16_t*>(a.q.data), a.q.batch_stride, a.q.head_stride, a.q.token_stride, int(a.q_heads),
       int(pr.shape.tokens), int(nq), int(pr.shape.query_block), D, rows * D, pooled);
   check(cudaGetLastError(), "pool_kernel");
+}
+
+template <DType T, int D>
+void launch_statistics(const Problem& pr) {
+  const DynamicMaskArgs& a = pr.a;
+  const int64_t nq = pr.nq(), rows = a.batch * a.q_heads * nq;
+  auto* pooled = reinterpret_cast<uint16_t*>(pr.ws(pr.layout.pooled));
 
   StatsParams sp;
   sp.k = static_cast<const uint16_t*>(a.k.data);
@@ -74,16 +84,19 @@ void launch_estimate(const Problem& pr) {
                   unsigned(pr.layout.stats_splits));
   stats_kernel<T, D><<<grid, kScoreThreads, smem, pr.stream>>>(sp);
   check(cudaGetLastError(), "stats_kernel");
-  combine_kernel<<<grid_for(rows, 256), 256, 0, pr.stream>>>(sp.partial, int(pr.layout.stats_splits), rows,
+  combine_kernel<<<grid_for(rows, 256), 256, 0, pr.stream>>>(sp.partial, int(pr.layout.stats_splits), rows, rows,
                                                                 float(std::log2(double(a.batch))),
                                                                 reinterpret_cast<float*>(pr.ws(pr.layout.lse)));
   check(cudaGetLastError(), "combine_kernel");
 }
 
-// Masses of query heads [h0, h0 + heads) into `mass` ([heads * nq, ng]).
+// Masses of query heads [h0, h0 + heads) into `mass` ([heads * nq, ng]). One pass (batch 1): scores once, the
+// pass's LSE from the partials, then (to_masses) L -> mass_from_log(L, lse) in place, else `mass` keeps L for the
+// selection to convert as it reads (returns true); two passes: the statistics must have run (returns false).
 template <DType T, int D>
-void launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass) {
+bool launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass, bool to_masses) {
   const DynamicMaskArgs& a = pr.a;
+  const bool fused = one_pass(pr);
   const int64_t heads_per_kv = std::min(heads, pr.group()), kv = heads / heads_per_kv;
   MassParams mp;
   mp.k = static_cast<const uint16_t*>(a.k.data);
@@ -98,7 +111,33 @@ void launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass) {
   const int64_t tiles = (heads_per_kv * pr.nq() + kBM - 1) / kBM;
   const int64_t max_splits = std::max<int64_t>(1, std::min(pr.ng(), pr.shape.tokens / (4 * kBN)));
   mp.splits = int(std::clamp<int64_t>((kDynTargetCtas + tiles * kv - 1) / (tiles * kv), 1, max_splits));
+  // One pass: the splits (whole groups, at most stats_splits, so the partials fit) must not depend on the pass, so
+  // that the LSE, hence the masses, are the same whatever heads_per_pass.
+  if (fused) mp.splits = int(std::min(pr.layout.stats_splits, pr.ng()));
   const dim3 grid(unsigned(tiles), unsigned(kv), unsigned(mp.splits));
+  if (fused) {
+    auto* partial = reinterpret_cast<float2*>(pr.ws(pr.layout.partial));
+    auto* lse = reinterpret_cast<float*>(pr.ws(pr.layout.lse));
+    const int64_t pooled_rows = a.q_heads * pr.nq(), row0 = h0 * pr.nq(), rows = heads * pr.nq();
+    if (pr.shape.key_group == 1) {
+      const size_t smem = 2 * KTile<D>::kBytes;
+      set_smem(fused_mass_kernel<T, D, true>, smem);
+      fused_mass_kernel<T, D, true><<<grid, kScoreThreads, smem, pr.stream>>>(mp, partial, pooled_rows);
+    } else {
+      const size_t smem = 2 * KTile<D>::kBytes + sizeof(float) * kBM * (kBN + 1 + kGroupStride + 1);
+      set_smem(fused_mass_kernel<T, D, false>, smem);
+      fused_mass_kernel<T, D, false><<<grid, kScoreThreads, smem, pr.stream>>>(mp, partial, pooled_rows);
+    }
+    check(cudaGetLastError(), "fused_mass_kernel");
+    combine_kernel<<<grid_for(rows, 256), 256, 0, pr.stream>>>(partial + row0, mp.splits, rows, pooled_rows, 0.0f,
+                                                                lse + row0);
+    check(cudaGetLastError(), "combine_kernel");
+    if (!to_masses) return true;
+    mass_from_log_kernel<<<unsigned(std::min<int64_t>(rows, 65535)), 256, 0, pr.stream>>>(mass, lse + row0, rows,
+                                                                                          int(pr.ng()));
+    check(cudaGetLastError(), "mass_from_log_kernel");
+    return false;
+  }
   if (pr.shape.key_group == 1) {
     const size_t smem = 2 * KTile<D>::kBytes;
     set_smem(mass_kernel<T, D, true>, smem);
@@ -109,14 +148,16 @@ void launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass) {
     mass_kernel<T, D, false><<<grid, kScoreThreads, smem, pr.stream>>>(mp);
   }
   check(cudaGetLastError(), "mass_kernel");
+  return false;
 }
 
 template <DType T, int D>
 void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, float* mass_out) {
-  launch_estimate<T, D>(pr);
+  launch_pool<T, D>(pr);
+  if (!one_pass(pr)) launch_statistics<T, D>(pr);
   const DynamicMaskArgs& a = pr.a;
   if (out == nullptr) {
-    launch_masses<T, D>(pr, 0, a.q_heads, mass_out);
+    launch_masses<T, D>(pr, 0, a.q_heads, mass_out, true);
     return;
   }
   const ColumnPlanShape& shape = pr.shape;
@@ -139,15 +180,19 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
   sp.head_hist = reinterpret_cast<DynHeadHist*>(pr.ws(pr.layout.head_hist));
   sp.row_ties = reinterpret_cast<DynRowTies*>(pr.ws(pr.layout.row_ties));
   const size_t bitmap = a.window ? size_t((ng + 31) / 32) * 4 : 0;
+  // select_rows_kernel: the row's keys after the bitmap when they fit (see kMaxCachedKeyBytes).
+  sp.cache_keys = ng * 4 <= kMaxCachedKeyBytes ? 1 : 0;
+  const size_t select_smem = bitmap + (sp.cache_keys ? size_t(ng) * 4 : 0);
+  if (select_smem > 0) set_smem(select_rows_kernel, select_smem);
   if (bitmap > 0) {
-    set_smem(select_rows_kernel, bitmap);
     set_smem(target_hist_kernel, bitmap);
     set_smem(target_ties_kernel, bitmap);
   }
   const bool target = sel.rule == SelectionRule::target_sparsity;
   for (int64_t h0 = 0; h0 < a.q_heads; h0 += pr.layout.heads_per_pass) {
     const int64_t heads = std::min(pr.layout.heads_per_pass, a.q_heads - h0), rows = heads * nq;
-    launch_masses<T, D>(pr, h0, heads, const_cast<float*>(sp.mass));
+    const bool from_log = launch_masses<T, D>(pr, h0, heads, const_cast<float*>(sp.mass), false);
+    sp.lse = from_log ? reinterpret_cast<const float*>(pr.ws(pr.layout.lse)) + h0 * nq : nullptr;  // batch 1
     sp.h0 = int(h0);
     if (target) {
       check(cudaMemsetAsync(sp.head_state, 0, sizeof(DynHeadState) * heads, pr.stream), "cudaMemsetAsync");
@@ -160,7 +205,7 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
       target_tie_split_kernel<<<unsigned(heads), kSelThreads, 0, pr.stream>>>(sp);
       check(cudaGetLastError(), "target_sparsity kernels");
     }
-    select_rows_kernel<<<unsigned(rows), kSelThreads, bitmap, pr.stream>>>(sp);
+    select_rows_kernel<<<unsigned(rows), kSelThreads, select_smem, pr.stream>>>(sp);
     check(cudaGetLastError(), "select_rows_kernel");
   }
 }

@@ -8,6 +8,7 @@
 
 #include "kernels/fg_kernel_params.hpp"
 #include "kernels/fg_plan_kernels.hpp"
+#include "kernels/synthetic_mask_rule.hpp"
 #include "tileattn/error.hpp"
 
 namespace tileattn::kernels {
@@ -90,77 +91,40 @@ __global__ void __launch_bounds__(kThreads) merge_subblock_rows(const DeviceColu
   if (threadIdx.x == 0) out.counts[row] = int32_t(written < out.capacity ? written : out.capacity);
 }
 
-__device__ __forceinline__ uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+// One warp per plan row (kRowsPerCta rows per CTA), no block-wide synchronisation. local: the row's runs of kept
+// groups straight from the box (SyntheticRule::local_row_runs), O(box lines + kept groups). random: every group's
+// hash, compacted in order with a warp ballot. Then -1 up to the capacity and the count.
+constexpr int kRowsPerCta = kThreads / 32;
 
-struct SyntheticParams {
-  DeviceColumnPlan plan;
-  int kind;
-  double keep;  // 1 - sparsity
-  uint64_t seed;
-  int64_t video_t, video_h, video_w, num_video;
-  int64_t box_t, box_h, box_w;
-  bool keep_diagonal;
-};
-
-__device__ bool synthetic_keeps(const SyntheticParams& s, int64_t head, int64_t qb, int64_t g, int64_t box0_t,
-                                int64_t box0_h, int64_t box0_w, bool text_query) {
-  const int64_t M = s.plan.shape.query_block, N = s.plan.shape.key_group, tokens = s.plan.shape.tokens;
-  const int64_t first = g * N, last = (first + N < tokens ? first + N : tokens) - 1;  // the group's positions
-  const int64_t q_first = qb * M, q_last = (q_first + M < tokens ? q_first + M : tokens) - 1;
-  if (s.keep_diagonal && first <= q_last && q_first <= last) return true;
-  if (s.kind == int(SyntheticMask::random)) {
-    const uint64_t h = mix64(s.seed ^ mix64((uint64_t(head) << 40) ^ (uint64_t(qb) << 20) ^ mix64(uint64_t(g))));
-    return double(h >> 11) * 0x1.0p-53 < s.keep;
-  }
-  if (text_query || last >= s.num_video) return true;  // text queries see all; every group holding text is kept
-  for (int64_t p = first; p <= last; ++p) {
-    const int64_t w = p % s.video_w, h = (p / s.video_w) % s.video_h, t = p / (s.video_w * s.video_h);
-    if (t >= box0_t && t < box0_t + s.box_t && h >= box0_h && h < box0_h + s.box_h && w >= box0_w && w < box0_w + s.box_w)
-      return true;
-  }
-  return false;
-}
-
-__device__ int64_t box_start(int64_t centre, int64_t side, int64_t extent) {
-  int64_t start = centre - side / 2;
-  start = start < 0 ? 0 : start;
-  return start + side > extent ? extent - side : start;
-}
-
-// One CTA per plan row: groups in chunks of kThreads, compacted in order by a block scan.
-__global__ void __launch_bounds__(kThreads) synthetic_plan(const SyntheticParams s) {
-  using Scan = cub::BlockScan<int, kThreads>;
-  __shared__ typename Scan::TempStorage scan;
-  const int64_t blocks = (s.plan.shape.tokens + s.plan.shape.query_block - 1) / s.plan.shape.query_block;
-  const int64_t groups = (s.plan.shape.tokens + s.plan.shape.key_group - 1) / s.plan.shape.key_group;
-  const int64_t row = blockIdx.x, head = row / blocks, qb = row % blocks;
-  const int64_t M = s.plan.shape.query_block, tokens = s.plan.shape.tokens;
-  const int64_t centre = qb * M + ((qb * M + M < tokens ? M : tokens - qb * M) / 2);
-  const bool text_query = centre >= s.num_video;
-  int64_t b_t = 0, b_h = 0, b_w = 0;
-  if (s.kind == int(SyntheticMask::local) && !text_query) {
-    const int64_t w = centre % s.video_w, h = (centre / s.video_w) % s.video_h, t = centre / (s.video_w * s.video_h);
-    b_t = box_start(t, s.box_t, s.video_t), b_h = box_start(h, s.box_h, s.video_h), b_w = box_start(w, s.box_w, s.video_w);
-  }
-  int32_t* out = s.plan.table + row * s.plan.capacity;
+__global__ void __launch_bounds__(kThreads) synthetic_plan(const SyntheticRule s, const DeviceColumnPlan plan, int64_t rows) {
+  const int lane = int(threadIdx.x & 31);
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerCta + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int64_t blocks = (s.tokens + s.query_block - 1) / s.query_block, groups = s.groups();
+  const int64_t head = row / blocks, qb = row % blocks;
+  const int64_t capacity = plan.capacity;
+  int32_t* out = plan.table + row * capacity;
   int64_t written = 0;
-  for (int64_t g0 = 0; g0 < groups && written < s.plan.capacity; g0 += kThreads) {
-    const int64_t g = g0 + threadIdx.x;
-    const int keep = g < groups && synthetic_keeps(s, head, qb, g, b_t, b_h, b_w, text_query) ? 1 : 0;
-    int offset, total;
-    Scan(scan).ExclusiveSum(keep, offset, total);
-    if (keep && written + offset < s.plan.capacity) out[written + offset] = int32_t(g);
-    written += total;
-    __syncthreads();
+  if (s.kind == int(SyntheticMask::local)) {
+    written = s.local_row_runs(qb, [&](int64_t first, int64_t end, int64_t slot) {
+      const int64_t stop = end - first < capacity - slot ? end - first : capacity - slot;  // may be <= 0
+      for (int64_t j = lane; j < stop; j += 32) out[slot + j] = int32_t(first + j);
+    });
+  } else {
+    const SyntheticRule::Row r = s.row(qb);
+    const uint32_t below = (1u << lane) - 1u;
+    for (int64_t g0 = 0; g0 < groups && written < capacity; g0 += 32) {
+      const int64_t g = g0 + lane;
+      const bool keep = g < groups && s.keeps(head, r, qb, g);
+      const uint32_t mask = __ballot_sync(0xffffffffu, keep);
+      const int64_t slot = written + __popc(mask & below);
+      if (keep && slot < capacity) out[slot] = int32_t(g);
+      written += __popc(mask);
+    }
   }
-  const int64_t count = written < s.plan.capacity ? written : s.plan.capacity;
-  for (int64_t i = count + threadIdx.x; i < s.plan.capacity; i += kThreads) out[i] = -1;
-  if (threadIdx.x == 0) s.plan.counts[row] = int32_t(count);
+  const int64_t count = written < capacity ? written : capacity;
+  for (int64_t i = count + lane; i < capacity; i += 32) out[i] = -1;
+  if (lane == 0) plan.counts[row] = int32_t(count);
 }
 
 }  // namespace
@@ -185,29 +149,12 @@ namespace tileattn {
 
 void build_synthetic_column_plan(const DeviceColumnPlan& plan, const SyntheticMaskOptions& o, StreamHandle stream) {
   validate_device_column_plan(plan);
-  if (!(o.sparsity >= 0.0 && o.sparsity < 1.0))
-    throw_argument_error("sparsity", "must be in [0, 1), got " + std::to_string(o.sparsity));
-  if (o.kind != SyntheticMask::random && o.kind != SyntheticMask::local)
-    throw_argument_error("kind", "must be SyntheticMask::random or SyntheticMask::local");
-  kernels::SyntheticParams s{};
-  s.plan = plan, s.kind = int(o.kind), s.keep = 1.0 - o.sparsity, s.seed = o.seed, s.keep_diagonal = o.keep_diagonal;
-  s.video_t = std::max<int64_t>(o.video.t, 1), s.video_h = std::max<int64_t>(o.video.h, 1);
-  s.video_w = std::max<int64_t>(o.video.w, 1);
-  s.num_video = plan.shape.tokens;
-  if (o.kind == SyntheticMask::local) {
-    if (o.video.t < 1 || o.video.h < 1 || o.video.w < 1)
-      throw_argument_error("video", "the local mask needs a video shape with every side >= 1");
-    if (o.text_len < 0 || o.video.volume() + o.text_len != plan.shape.tokens)
-      throw_argument_error("video", "video volume + text_len must equal the plan's tokens (" +
-                                        std::to_string(plan.shape.tokens) + ")");
-    s.num_video = o.video.volume();
-    const double f = std::cbrt(1.0 - o.sparsity);
-    auto side = [&](int64_t extent) { return std::clamp<int64_t>(std::llround(f * double(extent)), 1, extent); };
-    s.box_t = side(o.video.t), s.box_h = side(o.video.h), s.box_w = side(o.video.w);
-  }
-  const int64_t rows = plan.shape.num_rows();
-  if (rows >= (int64_t{1} << 31)) throw_argument_error("tokens", "too many plan rows for one launch");
-  kernels::synthetic_plan<<<dim3(unsigned(rows)), kernels::kThreads, 0, static_cast<cudaStream_t>(stream)>>>(s);
+  const kernels::SyntheticRule s = kernels::make_synthetic_rule(plan.shape, o);
+  const int64_t ctas = (plan.shape.num_rows() + kernels::kRowsPerCta - 1) / kernels::kRowsPerCta;
+  if (ctas >= (int64_t{1} << 31)) throw_argument_error("tokens", "too many plan rows for one launch");
+  if (ctas == 0) return;
+  kernels::synthetic_plan<<<dim3(unsigned(ctas)), kernels::kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      s, plan, plan.shape.num_rows());
   kernels::check_launch("build_synthetic_column_plan");
 }
 

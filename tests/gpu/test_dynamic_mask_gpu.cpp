@@ -852,62 +852,61 @@ TEST_F(DynamicMaskGpu, RejectsBadArgumentsBeforeLaunching) {
   }
 }
 
-// hunyuan-720p scale (B=1, 24 heads, 115,200 tokens, D=128, M=128): times the estimate and the build and checks
-// sampled rows' masses against an fp64 computation on the host. Prints; asserts correctness only.
-TEST_F(DynamicMaskGpu, HunyuanScaleTimingAndSampledRows) {
-  const int64_t heads = 24, tokens = 115200, d = 128, M = 128, text = 256;
-  const int64_t elems = heads * tokens * d;
-  DeviceBuffer dq(size_t(elems) * 2), dk(size_t(elems) * 2);
-  detail::fill_random_device(dq.p, elems, DType::bf16, test_seed() + 41, 1.0f, nullptr);
-  detail::fill_random_device(dk.p, elems, DType::bf16, test_seed() + 42, 1.0f, nullptr);
+// The mean time of 3 calls of f on the default stream, after one warm-up call.
+template <class F>
+float time_ms(F&& f) {
   cudaEvent_t start, stop;
-  CUDA_OK(cudaEventCreate(&start));
-  CUDA_OK(cudaEventCreate(&stop));
-  auto time_ms = [&](auto&& f) {
-    f();  // warm-up
-    cuda_check(cudaEventRecord(start), "cudaEventRecord");
-    const int reps = 3;
-    for (int i = 0; i < reps; ++i) f();
-    cuda_check(cudaEventRecord(stop), "cudaEventRecord");
-    cuda_check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    cuda_check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    return ms / reps;
-  };
-  struct Run {
-    int64_t N;
-    SelectionRule rule;
-    int64_t heads_per_pass;
-  };
-  for (const Run& run : {Run{64, SelectionRule::top_p, 0}, Run{16, SelectionRule::top_k, 0},
-                         Run{16, SelectionRule::target_sparsity, 0}, Run{1, SelectionRule::top_k, 8}}) {
-    DynamicMaskArgs a;
-    a.q_heads = a.kv_heads = heads, a.head_dim = d;
-    a.q = {dq.p, elems, tokens * d, d}, a.k = {dk.p, elems, tokens * d, d};
-    a.selection.rule = run.rule, a.selection.p = 0.9, a.selection.target_sparsity = 0.7;
-    a.selection.always_keep_text = true, a.selection.text_len = text;
-    const ColumnPlanShape s{tokens, heads, M, run.N};
-    const int64_t ng = s.num_key_groups();
-    a.selection.k = ng / 10;
-    const int64_t capacity = run.rule == SelectionRule::top_k ? a.selection.k + M / run.N + 2 + text / run.N + 1 : ng;
-    const int64_t ws = dynamic_mask_workspace_bytes(a, s, run.heads_per_pass);
-    DeviceBuffer workspace{size_t(ws)};
-    a.workspace = workspace.p, a.workspace_bytes = ws;
-    DevicePlan out(s, capacity);
-    const float build_ms = time_ms([&] { build_dynamic_column_plan_gpu(a, out.plan, nullptr); });
-    std::vector<int32_t> counts(s.num_rows());
-    CUDA_OK(cudaMemcpy(counts.data(), out.plan.counts, counts.size() * 4, cudaMemcpyDeviceToHost));
-    double kept = 0;
-    for (int32_t n : counts) kept += n;
-    std::printf("  N=%lld %s, %lld heads per pass (workspace %.2f GB): build %.2f ms, %.1f%% of groups kept\n",
-                static_cast<long long>(run.N), rule_name(run.rule), static_cast<long long>(run.heads_per_pass),
-                double(ws) / 1e9, build_ms, 100.0 * kept / double(s.num_rows() * ng));
-    if (run.N != 16 || run.rule != SelectionRule::top_k) continue;
+  cuda_check(cudaEventCreate(&start), "cudaEventCreate");
+  cuda_check(cudaEventCreate(&stop), "cudaEventCreate");
+  f();
+  cuda_check(cudaEventRecord(start), "cudaEventRecord");
+  const int reps = 3;
+  for (int i = 0; i < reps; ++i) f();
+  cuda_check(cudaEventRecord(stop), "cudaEventRecord");
+  cuda_check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+  float ms = 0;
+  cuda_check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / reps;
+}
 
-    // The estimate alone, and sampled rows against fp64 on the host.
+// hunyuan-720p (B=1, 24 heads, 115,200 tokens, D=128, M=128, 256 text tokens always kept): fresh random bf16 q and
+// k on the device, and the case (rule and N set by the caller).
+struct Hunyuan720 {
+  static constexpr int64_t heads = 24, tokens = 115200, d = 128, M = 128, text = 256, elems = heads * tokens * d;
+  DeviceBuffer dq{size_t(elems) * 2}, dk{size_t(elems) * 2};
+  explicit Hunyuan720(uint64_t seed) {
+    detail::fill_random_device(dq.p, elems, DType::bf16, seed, 1.0f, nullptr);
+    detail::fill_random_device(dk.p, elems, DType::bf16, seed + 1, 1.0f, nullptr);
+  }
+  MaskCase mask_case(int64_t N, SelectionRule rule) const {
+    MaskCase c;
+    c.q_heads = c.kv_heads = heads, c.head_dim = d, c.tokens = tokens, c.M = M, c.N = N;
+    c.sel.rule = rule, c.sel.p = 0.9, c.sel.target_sparsity = 0.7;
+    c.sel.always_keep_text = true, c.sel.text_len = text;
+    return c;
+  }
+};
+
+// hunyuan-720p scale: the N=16 estimate's sampled rows against an fp64 computation on the host. (The builders'
+// times: HunyuanScaleBuildersAgainstReplay.)
+TEST_F(DynamicMaskGpu, HunyuanScaleSampledMasses) {
+  const Hunyuan720 in(test_seed() + 41);
+  const auto& dq = in.dq;
+  const auto& dk = in.dk;
+  const int64_t tokens = in.tokens, d = in.d, M = in.M;
+  {
+    const MaskCase c = in.mask_case(16, SelectionRule::top_k);
+    const DynamicMaskArgs a = make_args(c, dq.p, dk.p);
+    const ColumnPlanShape s = c.shape();
+    const int64_t ng = s.num_key_groups();
     DeviceBuffer dmass(size_t(s.num_rows() * ng) * 4);
-    const float est_ms = time_ms([&] { estimate_column_mass_gpu(a, s, dmass.as<float>(), nullptr); });
-    std::printf("  estimate alone (N=16): %.2f ms\n", est_ms);
+    DeviceBuffer workspace{size_t(dynamic_mask_workspace_bytes(a, s, 1))};
+    DynamicMaskArgs aw = a;
+    aw.workspace = workspace.p, aw.workspace_bytes = dynamic_mask_workspace_bytes(a, s, 1);
+    estimate_column_mass_gpu(aw, s, dmass.as<float>(), nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
     std::vector<uint16_t> qh(static_cast<size_t>(tokens * d)), kh(static_cast<size_t>(tokens * d));
     const int64_t nq = s.num_query_blocks();
     for (int64_t h : {0, 13, 23}) {
@@ -942,8 +941,123 @@ TEST_F(DynamicMaskGpu, HunyuanScaleTimingAndSampledRows) {
       }
     }
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+}
+
+// Row (h, qb) of a per-row rule (top_k) as the GPU must build it from the row's masses (the replay above, one row).
+std::vector<int32_t> replay_top_k_row(const ColumnPlanShape& s, const ColumnSelection& sel, const float* mass,
+                                      int64_t h, int64_t qb, int64_t capacity) {
+  const RowInfo info = row_info(s, sel, nullptr, h, qb);
+  std::vector<uint32_t> keys;
+  const std::vector<int32_t> order = priority_order(s, mass, info, false, keys);
+  int64_t forced = 0;
+  for (int32_t g : order) forced += info.forced[g];
+  const int64_t n = forced + std::min<int64_t>(sel.k, int64_t(order.size()) - forced);
+  std::vector<int32_t> row(order.begin(), order.begin() + std::min(n, capacity));
+  std::sort(row.begin(), row.end());
+  return row;
+}
+
+// hunyuan-720p (B=1, 24 heads, 115,200 tokens, D=128, M=128, 256 text tokens always kept) on fresh random inputs:
+// the build time of each rule for N = 1, 8, 16, 64, the estimate alone (masses), and the plan against the GPU's
+// semantics replayed on the host from the estimate's masses: whole heads for N >= 8 (a random one; target_sparsity
+// also head 0), sampled rows for N = 1 (top_k). Prints "TIMING {json}" lines (tools/device_mask_builders.sh collects them).
+TEST_F(DynamicMaskGpu, HunyuanScaleBuildersAgainstReplay) {
+  const Hunyuan720 in(test_seed() + 51);
+  const int64_t heads = in.heads, tokens = in.tokens, M = in.M, text = in.text;
+  std::mt19937_64 rng(test_seed() + 720);
+  struct Run {
+    int64_t N;
+    SelectionRule rule;
+    int64_t heads_per_pass;
+    bool check;
+  };
+  const Run runs[] = {{1, SelectionRule::top_k, 8, true},           {8, SelectionRule::top_k, 0, true},
+                      {16, SelectionRule::top_k, 0, true},          {64, SelectionRule::top_k, 0, true},
+                      {1, SelectionRule::target_sparsity, 8, false}, {8, SelectionRule::target_sparsity, 0, true},
+                      {16, SelectionRule::target_sparsity, 0, true}, {64, SelectionRule::target_sparsity, 0, true},
+                      {64, SelectionRule::top_p, 0, true}};
+  float estimate_ms[65] = {};
+  for (const Run& run : runs) {
+    SCOPED_TRACE(std::string("N ") + std::to_string(run.N) + " " + rule_name(run.rule));
+    MaskCase c = in.mask_case(run.N, run.rule);
+    const ColumnPlanShape s = c.shape();
+    const int64_t ng = s.num_key_groups(), nq = s.num_query_blocks();
+    c.sel.k = ng * 3 / 10;  // top_k keeps 30% (+ diagonal and text): the 70% sparsity the target rule asks for
+    const int64_t capacity =
+        run.rule == SelectionRule::top_k ? std::min(ng, c.sel.k + M / run.N + 2 + text / run.N + 1) : ng;
+    DynamicMaskArgs a = make_args(c, in.dq.p, in.dk.p);
+    const int64_t ws = dynamic_mask_workspace_bytes(a, s, run.heads_per_pass);
+    DeviceBuffer workspace{size_t(ws)};
+    a.workspace = workspace.p, a.workspace_bytes = ws;
+    DevicePlan out(s, capacity);
+    build_dynamic_column_plan_gpu(a, out.plan, nullptr);  // into garbage (DevicePlan): every slot must be written
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<int32_t> counts(s.num_rows());
+    CUDA_OK(cudaMemcpy(counts.data(), out.plan.counts, counts.size() * 4, cudaMemcpyDeviceToHost));
+    double kept = 0;
+    for (int32_t n : counts) kept += n;
+    kept /= double(s.num_rows() * ng);
+
+    if (run.check) {
+      DeviceBuffer dmass(size_t(s.num_rows() * ng) * 4);
+      estimate_column_mass_gpu(a, s, dmass.as<float>(), nullptr);
+      CUDA_OK(cudaDeviceSynchronize());
+      auto download_rows = [&](int64_t r0, int64_t n) {  // rows [r0, r0 + n) of the plan as a 1-head plan
+        FixedColumnPlan f{ColumnPlanShape{tokens, 1, M, run.N}, capacity, std::vector<int32_t>(n * capacity),
+                          std::vector<int32_t>(n)};
+        cuda_check(cudaMemcpy(f.table.data(), out.plan.table + r0 * capacity, f.table.size() * 4,
+                              cudaMemcpyDeviceToHost), "cudaMemcpy");
+        cuda_check(cudaMemcpy(f.counts.data(), out.plan.counts + r0, n * 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
+        return f;
+      };
+      if (run.N == 1) {  // sampled rows of a per-row rule
+        std::vector<float> row_mass(ng);
+        int64_t bad = 0, checked = 0;
+        for (int i = 0; i < 12; ++i) {
+          const int64_t r = i == 0 ? 0 : i == 1 ? s.num_rows() - 1 : std::uniform_int_distribution<int64_t>(
+                                                                           0, s.num_rows() - 1)(rng);
+          CUDA_OK(cudaMemcpy(row_mass.data(), dmass.as<float>() + r * ng, ng * 4, cudaMemcpyDeviceToHost));
+          const std::vector<int32_t> want = replay_top_k_row(s, c.sel, row_mass.data(), r / nq, r % nq, capacity);
+          FixedColumnPlan f = download_rows(r, 1);
+          std::vector<int32_t> expect = want;
+          expect.resize(capacity, -1);
+          ++checked;
+          if (f.counts[0] != int32_t(want.size()) || f.table != expect) {
+            if (bad++ < 3) ADD_FAILURE() << "row " << r << ": count " << f.counts[0] << ", replay " << want.size();
+          }
+        }
+        EXPECT_EQ(bad, 0) << "of " << checked << " sampled rows";
+      } else {  // whole heads (the per-head cut of target_sparsity needs every row): two for it, else one
+        std::vector<int64_t> check_heads{std::uniform_int_distribution<int64_t>(1, heads - 1)(rng)};
+        if (run.rule == SelectionRule::target_sparsity) check_heads.push_back(0);
+        for (int64_t h : check_heads) {
+          SCOPED_TRACE("head " + std::to_string(h));
+          MaskCase one = c;
+          one.q_heads = one.kv_heads = 1;
+          std::vector<float> mass(size_t(nq * ng));
+          CUDA_OK(cudaMemcpy(mass.data(), dmass.as<float>() + h * nq * ng, mass.size() * 4, cudaMemcpyDeviceToHost));
+          // The rules' diagonal/text terms do not depend on the head: head h replays as a 1-head case.
+          const ColumnPlan gpu = check_structure(download_rows(h * nq, nq));
+          expect_replayed(gpu, replay_gpu_selection(one, mass, nullptr, capacity));
+        }
+      }
+    }
+
+    out.fill_garbage();
+    const float build_ms = time_ms([&] { build_dynamic_column_plan_gpu(a, out.plan, nullptr); });
+    if (estimate_ms[run.N] == 0) {  // the estimate alone (pool, statistics, masses of every head), once per N
+      DeviceBuffer dmass(size_t(s.num_rows() * ng) * 4);
+      estimate_ms[run.N] = time_ms([&] { estimate_column_mass_gpu(a, s, dmass.as<float>(), nullptr); });
+    }
+    std::printf("  N=%lld %s, %lld heads per pass (workspace %.2f GB): build %.2f ms (estimate alone %.2f ms), "
+                "%.1f%% of groups kept\n",
+                static_cast<long long>(run.N), rule_name(run.rule), static_cast<long long>(run.heads_per_pass),
+                double(ws) / 1e9, build_ms, estimate_ms[run.N], 100.0 * kept);
+    std::printf("TIMING {\"builder\": \"dynamic\", \"N\": %lld, \"rule\": \"%s\", \"build_ms\": %.4f, "
+                "\"estimate_ms\": %.4f, \"kept\": %.4f, \"heads_per_pass\": %lld, \"checked\": %s}\n",
+                static_cast<long long>(run.N), rule_name(run.rule), build_ms, estimate_ms[run.N], kept,
+                static_cast<long long>(run.heads_per_pass), run.check ? "true" : "false");
+  }
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include "tileattn/error.hpp"
 #include "tileattn/fg.hpp"
 #include "tileattn/reference.hpp"
+#include "kernels/synthetic_mask_rule.hpp"  // the synthetic masks' definition, as the host reference
 
 using namespace tileattn;
 using namespace tileattn::testing;
@@ -770,6 +771,126 @@ TEST_F(FgSyntheticGpu, RejectsBadOptions) {
   bad.text_len = 76;
   expect_argument_error([&] { build_synthetic_column_plan(plan, bad, nullptr); }, {"video", "text_len"});
   CUDA_OK(cudaDeviceSynchronize());
+}
+
+// ---- synthetic masks against their definition ----
+
+// Row (h, qb) by the definition (SyntheticRule::keeps, group by group), cut to its first `capacity` groups.
+std::vector<int32_t> defined_row(const kernels::SyntheticRule& r, int64_t h, int64_t qb, int64_t capacity) {
+  const kernels::SyntheticRule::Row row = r.row(qb);
+  std::vector<int32_t> out;
+  for (int64_t g = 0; g < r.groups() && static_cast<int64_t>(out.size()) < capacity; ++g)
+    if (r.keeps(h, row, qb, g)) out.push_back(static_cast<int32_t>(g));
+  return out;
+}
+
+// Rows `rows` of the downloaded table against the definition: the count, the groups, -1 in every unused slot.
+void expect_rows_defined(const kernels::SyntheticRule& rule, const DeviceColumnPlan& plan,
+                         const std::vector<int64_t>& rows) {
+  const int64_t nq = plan.shape.num_query_blocks(), cap = plan.capacity;
+  int64_t bad = 0;
+  for (int64_t r : rows) {
+    const std::vector<int32_t> want = defined_row(rule, r / nq, r % nq, cap);
+    const std::vector<int32_t> slots = download(plan.table + r * cap, cap);
+    const int32_t count = download(plan.counts + r, 1)[0];
+    std::vector<int32_t> expect = want;
+    expect.resize(cap, -1);
+    if (count != static_cast<int32_t>(want.size()) || slots != expect) {
+      if (bad++ < 3) {
+        size_t i = 0;
+        while (i < slots.size() && slots[i] == expect[i]) ++i;
+        ADD_FAILURE() << "row " << r << " (head " << r / nq << ", block " << r % nq << "): count " << count
+                      << ", defined " << want.size() << "; first differing slot " << i;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << "of " << rows.size() << " rows";
+}
+
+// Every row of GPU-built plans equals the definition on random shapes, kinds, options and capacities (the local
+// builder writes runs from the box directly; the definition scans each group's positions).
+TEST_F(FgSyntheticGpu, EqualsTheHostDefinition) {
+  Rng rng(test_seed() + 17);
+  for (int trial = 0; trial < 40; ++trial) {
+    const SyntheticMask kind = trial % 2 == 0 ? SyntheticMask::local : SyntheticMask::random;
+    const Extent3 video{pick(rng, 1, 6), pick(rng, 1, 20), pick(rng, 1, 24)};
+    const int64_t text = coin(rng, 0.3) ? 0 : pick(rng, 1, 90);
+    const ColumnPlanShape s{video.volume() + text, pick(rng, 1, 3), int64_t{16} << pick(rng, 0, 3), pick(rng, 1, 33)};
+    const SyntheticMaskOptions o{.kind = kind,
+                                 .sparsity = coin(rng, 0.1) ? 0.0 : uniform(rng, 0.0, 0.99),
+                                 .seed = test_seed() + uint64_t(trial),
+                                 .video = video,
+                                 .text_len = text,
+                                 .keep_diagonal = coin(rng, 0.5)};
+    const int64_t ng = s.num_key_groups(), capacity = coin(rng, 0.5) ? ng : pick(rng, 0, ng);
+    SCOPED_TRACE(std::string(kind == SyntheticMask::local ? "local" : "random") + " video " + to_string(video) +
+                 " text " + std::to_string(text) + " heads " + std::to_string(s.heads) + " M " +
+                 std::to_string(s.query_block) + " N " + std::to_string(s.key_group) + " sparsity " +
+                 std::to_string(o.sparsity) + " capacity " + std::to_string(capacity) +
+                 (o.keep_diagonal ? " diagonal" : ""));
+    DeviceBuffers buffers;
+    const DeviceColumnPlan plan = alloc_plan(s, capacity, buffers);
+    ASSERT_NE(plan.table, nullptr);
+    CUDA_OK(cudaMemset(plan.table, 0x7F, s.num_rows() * capacity * 4));
+    CUDA_OK(cudaMemset(plan.counts, 0x7F, s.num_rows() * 4));
+    build_synthetic_column_plan(plan, o, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<int64_t> rows(s.num_rows());
+    for (int64_t r = 0; r < s.num_rows(); ++r) rows[r] = r;
+    expect_rows_defined(kernels::make_synthetic_rule(s, o), plan, rows);
+  }
+}
+
+// hunyuan-720p (24 heads, 30 x 48 x 80 = 115,200 tokens, M = 128, capacity = every group): the build time of each
+// kind for N = 1, 8, 16, 64 at 70% sparsity, and sampled rows against the definition. Prints "TIMING {json}" lines
+// (tools/device_mask_builders.sh collects them); asserts correctness only.
+TEST_F(FgSyntheticGpu, HunyuanScaleTimingAndSampledRows) {
+  const Extent3 video{30, 48, 80};
+  const int64_t heads = 24, M = 128;
+  cudaEvent_t start, stop;
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  Rng rng(test_seed() + 720);
+  for (SyntheticMask kind : {SyntheticMask::random, SyntheticMask::local})
+    for (int64_t N : {1, 8, 16, 64}) {
+      const char* name = kind == SyntheticMask::local ? "local" : "random";
+      SCOPED_TRACE(std::string(name) + " N " + std::to_string(N));
+      const ColumnPlanShape s{video.volume(), heads, M, N};
+      const int64_t ng = s.num_key_groups(), rows = s.num_rows(), nq = s.num_query_blocks();
+      const SyntheticMaskOptions o{
+          .kind = kind, .sparsity = 0.7, .seed = test_seed(), .video = video, .text_len = 0, .keep_diagonal = true};
+      DeviceBuffers buffers;
+      const DeviceColumnPlan plan = alloc_plan(s, ng, buffers);
+      ASSERT_NE(plan.table, nullptr);
+      CUDA_OK(cudaMemset(plan.table, 0x7F, rows * ng * 4));
+      CUDA_OK(cudaMemset(plan.counts, 0x7F, rows * 4));
+      build_synthetic_column_plan(plan, o, nullptr);
+      CUDA_OK(cudaDeviceSynchronize());
+      std::vector<int64_t> sample{0, nq - 1, nq, rows - nq, rows - 1};
+      for (int i = 0; i < 24; ++i) sample.push_back(pick(rng, 0, rows - 1));
+      expect_rows_defined(kernels::make_synthetic_rule(s, o), plan, sample);
+
+      build_synthetic_column_plan(plan, o, nullptr);  // warm
+      CUDA_OK(cudaEventRecord(start));
+      const int reps = 5;
+      for (int i = 0; i < reps; ++i) build_synthetic_column_plan(plan, o, nullptr);
+      CUDA_OK(cudaEventRecord(stop));
+      CUDA_OK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+      ms /= reps;
+      double kept = 0;
+      for (int32_t n : download(plan.counts, rows)) kept += n;
+      kept /= double(rows * ng);
+      const double table_gb = double(rows * ng) * 4 / 1e9;
+      std::printf("  synthetic %s N=%lld: %.3f ms (table %.2f GB written, %.0f GB/s), %.1f%% of groups kept\n", name,
+                  static_cast<long long>(N), ms, table_gb, table_gb / (ms / 1e3), 100.0 * kept);
+      std::printf("TIMING {\"builder\": \"synthetic_%s\", \"N\": %lld, \"rule\": \"sparsity 0.7\", \"build_ms\": %.4f, "
+                  "\"kept\": %.4f, \"table_gb\": %.3f}\n",
+                  name, static_cast<long long>(N), ms, kept, table_gb);
+    }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
 }
 
 }  // namespace

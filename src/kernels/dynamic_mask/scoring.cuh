@@ -147,6 +147,37 @@ __device__ __forceinline__ void tile_scores(float (&acc)[2][8][4], const uint32_
     }
 }
 
+// Tile i of a double-buffered stream of keys [key_begin, key_end): waits until it has landed (and every thread is
+// done with tile i - 1's stage), starts loading tile i + 1 into the other stage, and returns tile i's scores.
+template <DType T, int D>
+__device__ __forceinline__ void stream_tile_scores(float (&acc)[2][8][4], const uint32_t (&a)[2][D / 16][4],
+                                                   uint16_t* k_smem, const uint16_t* kbase, int64_t token_stride,
+                                                   int i, int ntiles, int key_begin, int key_end) {
+  cp_async_wait_all();
+  __syncthreads();
+  if (i + 1 < ntiles) {
+    load_k_tile<D>(k_smem + ((i + 1) & 1) * KTile<D>::kElems, kbase, token_stride, key_begin + (i + 1) * kBN, key_end);
+    cp_async_commit();
+  }
+  tile_scores<T, D>(acc, a, smem_u32(k_smem) + (i & 1) * KTile<D>::kBytes);
+}
+
+// Row (mt, hh) of the thread's scores -> x = score * scale_log2 (log2 domain), -inf where element (nt, e) is no key
+// (nt * 8 + e >= lim); returns the thread's max of them.
+__device__ __forceinline__ float scale_and_mask(float (&acc)[2][8][4], int mt, int hh, float scale_log2, int lim) {
+  float tmax = -INFINITY;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float x = acc[mt][nt][2 * hh + e] * scale_log2;
+      if (nt * 8 + e >= lim) x = -INFINITY;
+      acc[mt][nt][2 * hh + e] = x;
+      tmax = fmaxf(tmax, x);
+    }
+  return tmax;
+}
+
 // ---- 1. pooling ----
 
 // pooled[(b, h, qb), c] = dtype(fp32 sum over the block's rows, in row order, / rows).
@@ -201,30 +232,14 @@ __global__ void __launch_bounds__(kScoreThreads) stats_kernel(StatsParams p) {
   load_k_tile<D>(k_smem, kbase, p.k_token_stride, key_begin, key_end);
   cp_async_commit();
   for (int i = 0; i < ntiles; ++i) {
-    cp_async_wait_all();
-    __syncthreads();  // tile i landed for every thread; every thread is done with tile i - 1's stage
-    if (i + 1 < ntiles) {
-      load_k_tile<D>(k_smem + ((i + 1) & 1) * KTile<D>::kElems, kbase, p.k_token_stride, key_begin + (i + 1) * kBN,
-                     key_end);
-      cp_async_commit();
-    }
     float acc[2][8][4];
-    tile_scores<T, D>(acc, a, smem_u32(k_smem) + (i & 1) * KTile<D>::kBytes);
+    stream_tile_scores<T, D>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
     const int lim = key_end - (key_begin + i * kBN) - 2 * t;  // element (nt, e) is a key iff nt * 8 + e < lim
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        float tmax = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float x = acc[mt][nt][2 * hh + e] * p.scale_log2;
-            if (nt * 8 + e >= lim) x = -INFINITY;
-            acc[mt][nt][2 * hh + e] = x;
-            tmax = fmaxf(tmax, x);
-          }
+        float tmax = scale_and_mask(acc, mt, hh, p.scale_log2, lim);
         const float mn = fmaxf(m[mt][hh], tmax);
         if (mn != -INFINITY) {
           float sum = 0.0f;
@@ -257,14 +272,16 @@ __global__ void __launch_bounds__(kScoreThreads) stats_kernel(StatsParams p) {
     }
 }
 
-// lse[row] = log2(sum over splits and keys of 2^x) + log2(batch): the batch average folded in.
-__global__ void combine_kernel(const float2* partial, int splits, int64_t rows, float log2_batch, float* lse) {
+// lse[row] = log2(sum over splits and keys of 2^x) + log2(batch): the batch average folded in. Rows [0, rows) of
+// partial [splits][stride] (and of lse).
+__global__ void combine_kernel(const float2* partial, int splits, int64_t rows, int64_t stride, float log2_batch,
+                               float* lse) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows; i += int64_t(gridDim.x) * blockDim.x) {
     float mx = -INFINITY;
-    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, partial[s * rows + i].x);
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, partial[s * stride + i].x);
     float sum = 0.0f;
     for (int s = 0; s < splits; ++s) {
-      const float2 v = partial[s * rows + i];
+      const float2 v = partial[s * stride + i];
       if (v.x != -INFINITY) sum += v.y * exp2f(v.x - mx);
     }
     lse[i] = mx + log2f(sum) + log2_batch;
@@ -286,6 +303,78 @@ struct MassParams {
   float scale_log2;
 };
 
+// A mass CTA's rows: query heads [hfirst, hfirst + heads_per_kv) of kv head kvh, i.e. rows [r0, r0 + kBM) of the
+// `rows` of its kv head in the pass, whose masses start at mass_rows.
+struct MassCta {
+  int hfirst, kvh, rows, r0;
+  float* mass_rows;
+};
+__device__ __forceinline__ MassCta mass_cta(const MassParams& p) {
+  MassCta c;
+  c.hfirst = p.h0 + int(blockIdx.y) * p.heads_per_kv, c.kvh = c.hfirst / p.group;
+  c.rows = p.heads_per_kv * p.nq, c.r0 = int(blockIdx.x) * kBM;
+  c.mass_rows = p.mass + (int64_t(blockIdx.y) * c.rows + c.r0) * p.ng;
+  return c;
+}
+
+// A mass CTA's key split (blockIdx.z): whole groups, keys [key_begin, key_end) in 64-key tiles.
+struct KeySplit {
+  int key_begin, key_end, ntiles;
+};
+__device__ __forceinline__ KeySplit key_split(const MassParams& p) {
+  const int64_t g_begin = int64_t(blockIdx.z) * p.ng / p.splits, g_end = int64_t(blockIdx.z + 1) * p.ng / p.splits;
+  KeySplit k;
+  k.key_begin = int(g_begin * p.key_group);
+  k.key_end = int(std::min<int64_t>(p.tokens, g_end * p.key_group));
+  k.ntiles = (k.key_end - k.key_begin + kBN - 1) / kBN;
+  return k;
+}
+
+// The accumulator tile -> probs[row of the CTA][key of the tile] (rows padded to kBN + 1 floats).
+__device__ __forceinline__ void store_tile(float* probs, const float (&acc)[2][8][4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float* dst = probs + (warp * 32 + mt * 16 + g + 8 * hh) * (kBN + 1) + 2 * t;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        dst[nt * 8] = acc[mt][nt][2 * hh];
+        dst[nt * 8 + 1] = acc[mt][nt][2 * hh + 1];
+      }
+    }
+}
+
+// The groups meeting the tile's keys [t0, t1): ga..gb, gb going on past the tile when last_open.
+struct TileGroups {
+  int ga, gb;
+  bool last_open;
+  __device__ int complete() const { return gb - ga + (last_open ? 0 : 1); }
+};
+__device__ __forceinline__ TileGroups tile_groups(int t0, int t1, int N, int tokens) {
+  const int gb = (t1 - 1) / N;
+  return {t0 / N, gb, std::min<int64_t>(int64_t(gb) * N + N, tokens) > t1};
+}
+// s + row prow's probabilities of group gi within the tile, added in key order.
+__device__ __forceinline__ float group_in_tile(float s, const float* prow, int gi, int N, int t0, int t1) {
+  const int ks = max(gi * N, t0), ke = int(std::min<int64_t>(int64_t(gi) * N + N, t1));
+  for (int j = ks; j < ke; ++j) s += prow[j - t0];
+  return s;
+}
+// The tile's completed groups, sums[row][j] for j < complete, to mass_rows (coalesced); add: onto what is there.
+__device__ __forceinline__ void write_groups(float* mass_rows, int ng, const float* sums, int valid_rows,
+                                             const TileGroups& tg, bool add) {
+  const int complete = tg.complete();
+  for (int idx = threadIdx.x; idx < kBM * complete; idx += kScoreThreads) {
+    const int row = idx / complete, j = idx % complete;
+    if (row >= valid_rows) continue;
+    float* dst = mass_rows + int64_t(row) * ng + tg.ga + j;
+    const float v = sums[row * kGroupStride + j];
+    *dst = add ? *dst + v : v;
+  }
+}
+
 // grid (row tiles, kv heads of the pass, key splits). Each CTA owns its rows' masses over its groups: it writes them
 // with plain stores, looping over the batch (b > 0 adds to what the same thread wrote for b - 1).
 // kSingle (key_group == 1): probabilities go from registers to global memory. Otherwise they go through shared
@@ -297,13 +386,8 @@ __global__ void __launch_bounds__(kScoreThreads) mass_kernel(MassParams p) {
   float* probs = reinterpret_cast<float*>(k_smem + 2 * KTile<D>::kElems);  // [kBM][kBN + 1]
   float* sums = probs + kBM * (kBN + 1);                                    // [kBM][kGroupStride]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int hfirst = p.h0 + blockIdx.y * p.heads_per_kv, kvh = hfirst / p.group;
-  const int rows = p.heads_per_kv * p.nq, r0 = blockIdx.x * kBM;
-  const int64_t g_begin = int64_t(blockIdx.z) * p.ng / p.splits, g_end = int64_t(blockIdx.z + 1) * p.ng / p.splits;
-  const int key_begin = int(g_begin * p.key_group);
-  const int key_end = int(std::min<int64_t>(p.tokens, g_end * p.key_group));
-  const int ntiles = (key_end - key_begin + kBN - 1) / kBN;
-  float* mass_rows = p.mass + (int64_t(blockIdx.y) * rows + r0) * p.ng;
+  const auto [hfirst, kvh, rows, r0, mass_rows] = mass_cta(p);
+  const auto [key_begin, key_end, ntiles] = key_split(p);
   const int N = p.key_group;
 
   for (int b = 0; b < p.batch; ++b) {
@@ -325,15 +409,8 @@ __global__ void __launch_bounds__(kScoreThreads) mass_kernel(MassParams p) {
     load_k_tile<D>(k_smem, kbase, p.k_token_stride, key_begin, key_end);
     cp_async_commit();
     for (int i = 0; i < ntiles; ++i) {
-      cp_async_wait_all();
-      __syncthreads();
-      if (i + 1 < ntiles) {
-        load_k_tile<D>(k_smem + ((i + 1) & 1) * KTile<D>::kElems, kbase, p.k_token_stride,
-                       key_begin + (i + 1) * kBN, key_end);
-        cp_async_commit();
-      }
       float acc[2][8][4];
-      tile_scores<T, D>(acc, a, smem_u32(k_smem) + (i & 1) * KTile<D>::kBytes);
+      stream_tile_scores<T, D>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
       const int t0 = key_begin + i * kBN, t1 = min(t0 + kBN, key_end);
       const int lim = t1 - t0 - 2 * t;
 #pragma unroll
@@ -366,45 +443,141 @@ __global__ void __launch_bounds__(kScoreThreads) mass_kernel(MassParams p) {
                 }
           }
       } else {
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            float* dst = probs + (warp * 32 + mt * 16 + g + 8 * hh) * (kBN + 1) + 2 * t;
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-              dst[nt * 8] = acc[mt][nt][2 * hh];
-              dst[nt * 8 + 1] = acc[mt][nt][2 * hh + 1];
-            }
-          }
+        store_tile(probs, acc);
         __syncthreads();
         // Thread r: row r's groups overlapping [t0, t1).
-        const int ga = t0 / N, gb = (t1 - 1) / N;
-        const bool last_open = std::min<int64_t>(int64_t(gb) * N + N, p.tokens) > t1;  // group gb goes on
-        {
-          const float* prow = probs + threadIdx.x * (kBN + 1);
-          for (int gi = ga; gi <= gb; ++gi) {
-            const int ks = max(gi * N, t0);
-            const int ke = int(std::min<int64_t>(int64_t(gi) * N + N, t1));
-            float s = gi * N < t0 ? carry : 0.0f;
-            for (int j = ks; j < ke; ++j) s += prow[j - t0];
-            if (gi == gb && last_open)
-              carry = s;
-            else
-              sums[threadIdx.x * kGroupStride + (gi - ga)] = s;
-          }
+        const TileGroups tg = tile_groups(t0, t1, N, p.tokens);
+        const float* prow = probs + threadIdx.x * (kBN + 1);
+        for (int gi = tg.ga; gi <= tg.gb; ++gi) {
+          const float s = group_in_tile(gi * N < t0 ? carry : 0.0f, prow, gi, N, t0, t1);
+          if (gi == tg.gb && tg.last_open)
+            carry = s;
+          else
+            sums[threadIdx.x * kGroupStride + (gi - tg.ga)] = s;
         }
         __syncthreads();
-        const int complete = gb - ga + (last_open ? 0 : 1);
-        for (int idx = threadIdx.x; idx < kBM * complete; idx += kScoreThreads) {
-          const int row = idx / complete, j = idx % complete;
-          if (r0 + row >= rows) continue;
-          float* dst = mass_rows + int64_t(row) * p.ng + ga + j;
-          const float v = sums[row * kGroupStride + j];
-          *dst = b == 0 ? v : *dst + v;
-        }
+        write_groups(mass_rows, p.ng, sums, rows - r0, tg, b > 0);
       }
     }
+  }
+}
+
+// ---- 2 + 3 in one pass (batch 1) ----
+
+// Batch 1: the statistics and the masses from one score pass. Grid (row tiles, kv heads of the pass, key splits of
+// whole groups, as mass_kernel; the splits are fixed by the problem, not by heads_per_pass). Per row the CTA keeps an
+// online max m (quad-uniform: the four threads of a quad hold the same rows) and sum of 2^(x - m) over its split and
+// writes them as partials for combine_kernel; per group it writes L = log2(sum over the group's keys of 2^x) where
+// the masses go, and mass_from_log_kernel turns L into 2^(L - lse) once the LSE is known. kSingle (N = 1): L = x.
+// Otherwise each tile's probabilities are taken relative to the rows' running max (row_ref), thread r sums row r's
+// groups in key order in that reference (a group carried from the previous tile is rescaled to it) and completes a
+// group as L = ref + log2(sum). Each group is still summed in key order whatever the splits.
+template <DType T, int D, bool kSingle>
+__global__ void __launch_bounds__(kScoreThreads) fused_mass_kernel(MassParams p, float2* partial,
+                                                                   int64_t pooled_rows) {
+  extern __shared__ __align__(128) uint16_t k_smem[];
+  float* probs = reinterpret_cast<float*>(k_smem + 2 * KTile<D>::kElems);  // [kBM][kBN + 1]
+  float* sums = probs + kBM * (kBN + 1);                                    // [kBM][kGroupStride]
+  float* row_ref = sums + kBM * kGroupStride;                               // [kBM]: the tile's reference max
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const auto [hfirst, kvh, rows, r0, mass_rows] = mass_cta(p);
+  const auto [key_begin, key_end, ntiles] = key_split(p);
+  const int N = p.key_group;
+  const int64_t pooled_row0 = int64_t(hfirst) * p.nq + r0;
+
+  uint32_t a[2][D / 16][4];
+  load_a_frags<D>(a, p.pooled + pooled_row0 * D, rows - r0);
+  float m_run[2][2], l_run[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) m_run[i][0] = m_run[i][1] = -INFINITY, l_run[i][0] = l_run[i][1] = 0.0f;
+  const uint16_t* kbase = p.k + kvh * p.k_head_stride;
+  float carry = 0.0f, carry_ref = 0.0f;  // !kSingle: row threadIdx.x's open group: its sum and that sum's reference
+
+  load_k_tile<D>(k_smem, kbase, p.k_token_stride, key_begin, key_end);
+  cp_async_commit();
+  for (int i = 0; i < ntiles; ++i) {
+    float acc[2][8][4];
+    stream_tile_scores<T, D>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
+    const int t0 = key_begin + i * kBN, t1 = min(t0 + kBN, key_end);
+    const int lim = t1 - t0 - 2 * t;  // element (nt, e) is a key iff nt * 8 + e < lim
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float tmax = scale_and_mask(acc, mt, hh, p.scale_log2, lim);
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));  // the row's max over the tile (lane t = 0 has a key)
+        const float mn = fmaxf(m_run[mt][hh], tmax);
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pr = ex2(acc[mt][nt][2 * hh + e] - mn);  // 2^-inf = 0
+            sum += pr;
+            if (!kSingle) acc[mt][nt][2 * hh + e] = pr;
+          }
+        l_run[mt][hh] = l_run[mt][hh] * ex2(m_run[mt][hh] - mn) + sum;
+        m_run[mt][hh] = mn;
+        if (!kSingle && t == 0) row_ref[warp * 32 + mt * 16 + g + 8 * hh] = mn;
+      }
+
+    if constexpr (kSingle) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = warp * 32 + mt * 16 + g + 8 * hh;
+          if (r0 + row >= rows) continue;
+          float* dst = mass_rows + int64_t(row) * p.ng + t0 + 2 * t;
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              if (nt * 8 + e < lim) dst[nt * 8 + e] = acc[mt][nt][2 * hh + e];  // L = x
+        }
+    } else {
+      store_tile(probs, acc);
+      __syncthreads();
+      // Thread r: row r's groups overlapping [t0, t1), in the tile's reference.
+      const TileGroups tg = tile_groups(t0, t1, N, p.tokens);
+      const float* prow = probs + threadIdx.x * (kBN + 1);
+      const float ref = row_ref[threadIdx.x];
+      for (int gi = tg.ga; gi <= tg.gb; ++gi) {
+        const float s = group_in_tile(gi * N < t0 ? carry * ex2(carry_ref - ref) : 0.0f, prow, gi, N, t0, t1);
+        if (gi == tg.gb && tg.last_open)
+          carry = s, carry_ref = ref;
+        else
+          sums[threadIdx.x * kGroupStride + (gi - tg.ga)] = ref + log2f(s);  // log2(0) = -inf: mass 0
+      }
+      __syncthreads();
+      write_groups(mass_rows, p.ng, sums, rows - r0, tg, false);
+    }
+  }
+  // The quad's partial sums share the reference m: add them.
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float l = l_run[mt][hh];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int row = warp * 32 + mt * 16 + g + 8 * hh;
+      if (t == 0 && r0 + row < rows)
+        partial[blockIdx.z * pooled_rows + pooled_row0 + row] = make_float2(m_run[mt][hh], l);
+    }
+}
+
+// A group's mass from the one-pass estimate's L and its row's LSE. The selection applies it as it reads L (a build
+// never writes the masses), mass_from_log_kernel for estimate_column_mass_gpu: the same value either way.
+__device__ __forceinline__ float mass_from_log(float L, float lse) { return ex2(L - lse); }
+
+// mass[r][g] = mass_from_log(mass[r][g], lse[r]) in place, rows [0, rows) of ng groups.
+__global__ void mass_from_log_kernel(float* mass, const float* lse, int64_t rows, int ng) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float l = lse[r];
+    float* row = mass + r * ng;
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) row[g] = mass_from_log(row[g], l);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/dynamic_mask/scoring.cuh"  // mass_from_log
 #include "kernels/dynamic_mask_layout.hpp"
 
 namespace tileattn {
@@ -17,6 +18,10 @@ using u64 = unsigned long long;
 constexpr int kSelThreads = 256, kSelWarps = kSelThreads / 32;
 constexpr uint32_t kForcedBit = 1u << 30;  // priority key: always-kept groups above every other group
 constexpr uint32_t kAllTies = 0xffffffffu;
+constexpr uint32_t kIneligible = 0xffffffffu;  // a cached key: the group is not eligible (keys never have bit 31)
+// select_rows_kernel keeps a row's keys in shared memory (one read of the masses instead of one per radix pass and
+// the compaction) when they take at most this much: at 720p N >= 8, with >= 2 CTAs per SM.
+constexpr int64_t kMaxCachedKeyBytes = 64 * 1024;
 constexpr int kBins = int(kDynBins);
 __device__ constexpr int kShift[3] = {20, 10, 0};  // radix levels: key bits [30:20], [19:10], [9:0]
 __device__ constexpr int kBits[3] = {11, 10, 10};
@@ -30,7 +35,8 @@ __device__ constexpr Cut kKeepAll{0, kAllTies};
 __device__ constexpr Cut kKeepForced{kForcedBit - 1, 0};  // exactly the keys >= 2^30
 
 struct SelectParams {
-  const float* mass;  // [pass rows, ng]
+  const float* mass;  // [pass rows, ng]; with lse: the one-pass estimate's L (mass = mass_from_log(L, lse[row]))
+  const float* lse;   // [pass rows] (from the pass's first row), or null: mass holds the masses
   int tokens, nq, ng, query_block, key_group;
   int h0;  // first query head of the pass
   int rule;
@@ -40,6 +46,7 @@ struct SelectParams {
   double target_sparsity;
   int keep_diagonal;
   int text_first_group;  // ng: no group is kept for text
+  int cache_keys;        // select_rows_kernel: the row's keys in dynamic shared memory after the window bitmap
   const int32_t* win_table;
   const int32_t* win_counts;  // null: no window
   long long win_capacity;
@@ -58,15 +65,25 @@ __device__ __forceinline__ u64 to_fixed(float m) { return __double2ull_rn(double
 struct RowView {
   const float* mass;
   const uint32_t* bitmap;  // eligible groups (window), or null: all
+  const uint32_t* keys;    // the row's keys in shared memory (kIneligible: not eligible), or null: from mass
+  bool from_log;           // mass holds L (see SelectParams), lse the row's LSE
+  float lse;
   int ng, key_group, tokens, diag_first, diag_last, text_first;
   bool density;
 
   __device__ int group_size(int g) const { return int(min(int64_t(key_group), int64_t(tokens) - int64_t(g) * key_group)); }
   // The priority key of an eligible group: float bits of the mass (target_sparsity: of mass / group size), bit 30
   // set for always-kept groups (those rank by mass). Masses are sanitised to [0, 1.75] (NaN -> 0).
+  // From the cache, m is the mass only where the key holds it (not density, or an always-kept group); the callers
+  // that read m (top_p's sums) run without density.
   __device__ bool key(int g, uint32_t& k, float& m) const {
+    if (keys != nullptr) {
+      k = keys[g];
+      m = __uint_as_float(k & ~kForcedBit);
+      return k != kIneligible;
+    }
     if (bitmap != nullptr && !((bitmap[g >> 5] >> (g & 31)) & 1u)) return false;
-    const float raw = mass[g];
+    const float raw = from_log ? mass_from_log(__ldg(mass + g), lse) : __ldg(mass + g);
     m = raw >= 0.0f ? fminf(raw, 1.75f) : 0.0f;
     if ((g >= diag_first && g <= diag_last) || g >= text_first)
       k = __float_as_uint(m) | kForcedBit;
@@ -75,6 +92,26 @@ struct RowView {
     return true;
   }
 };
+
+// Calls f(g, key, m) for each eligible group g of the thread's (g = threadIdx.x + i * kSelThreads), the keys of
+// keys loaded before f runs on any of them: the loads are in flight together, not one per round of atomics.
+template <class F>
+__device__ __forceinline__ void for_each_key(const RowView& v, F&& f) {
+  constexpr int kBatch = 8;
+  for (int g0 = threadIdx.x; g0 < v.ng; g0 += kSelThreads * kBatch) {
+    uint32_t k[kBatch];
+    float m[kBatch];
+    bool ok[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int g = g0 + i * kSelThreads;
+      ok[i] = g < v.ng && v.key(g, k[i], m[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i)
+      if (ok[i]) f(g0 + i * kSelThreads, k[i], m[i]);
+  }
+}
 
 template <class V>
 __device__ V block_exclusive_scan(V v, V& total, V* scratch) {
@@ -104,6 +141,13 @@ __device__ V block_sum(V v, V* scratch) {
   V total;
   block_exclusive_scan(v, total, scratch);
   return total;
+}
+
+// cnt[bin] += 1 for every calling lane, one shared atomic per distinct bin of the warp: a row's masses crowd into few
+// level-0 bins (exponent and 3 mantissa bits), where per-lane atomics serialise.
+__device__ __forceinline__ void add_count(uint32_t* cnt, int bin) {
+  const unsigned peers = __match_any_sync(__activemask(), bin);
+  if ((threadIdx.x & 31) == unsigned(__ffs(peers) - 1)) atomicAdd(&cnt[bin], uint32_t(__popc(peers)));
 }
 
 struct Crossing {
@@ -155,14 +199,12 @@ __device__ void hist_pass(const RowView& v, SelShared& s, int level, uint32_t pr
     if (kVal) s.val[i] = 0;
   }
   __syncthreads();
-  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
-    uint32_t key;
-    float m;
-    if (!v.key(g, key, m) || (key >> up) != prefix) continue;  // level 0: up = 31, prefix 0
+  for_each_key(v, [&](int, uint32_t key, float m) {
+    if ((key >> up) != prefix) return;  // level 0: up = 31, prefix 0
     const int bin = int(key >> shift) & (nb - 1);
-    atomicAdd(&s.cnt[bin], 1u);
+    add_count(s.cnt, bin);
     if (kVal) atomicAdd(&s.val[bin], to_fixed(m));
-  }
+  });
   __syncthreads();
 }
 
@@ -170,32 +212,35 @@ struct RowStats {
   u64 eligible, forced, mass, by_cut;  // by_cut: how many groups `cut` keeps (when given)
 };
 
-// The first pass over a row: level 0's histogram (counts and masses) and the row's totals.
+// The first pass over a row: level 0's histogram (counts; kMass: masses too) and the row's totals (kMass: the
+// mass).
+template <bool kMass>
 __device__ RowStats row_pass0(const RowView& v, SelShared& s, const Cut* cut) {
   __syncthreads();
-  for (int i = threadIdx.x; i < kBins; i += kSelThreads) s.cnt[i] = 0, s.val[i] = 0;
-  __syncthreads();
-  u64 eligible = 0, forced = 0, mass = 0, above = 0, ties = 0;
-  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
-    uint32_t key;
-    float m;
-    if (!v.key(g, key, m)) continue;
-    const u64 fx = to_fixed(m);
-    ++eligible;
-    forced += key >= kForcedBit;
-    mass += fx;
-    if (cut != nullptr) above += key > cut->key, ties += key == cut->key;
-    atomicAdd(&s.cnt[key >> kShift[0]], 1u);
-    atomicAdd(&s.val[key >> kShift[0]], fx);
+  for (int i = threadIdx.x; i < kBins; i += kSelThreads) {
+    s.cnt[i] = 0;
+    if (kMass) s.val[i] = 0;
   }
+  __syncthreads();
+  u64 counts = 0, mass = 0, by_cut = 0;  // counts: eligible | forced << 32; by_cut: above | ties << 32
+  for_each_key(v, [&](int, uint32_t key, float m) {
+    counts += 1ull + (u64(key >= kForcedBit) << 32);
+    if (cut != nullptr) by_cut += u64(key > cut->key) + (u64(key == cut->key) << 32);
+    add_count(s.cnt, int(key >> kShift[0]));
+    if (kMass) {
+      const u64 fx = to_fixed(m);
+      mass += fx;
+      atomicAdd(&s.val[key >> kShift[0]], fx);
+    }
+  });
   RowStats r;
-  r.eligible = block_sum<u64>(eligible, s.scratch);
-  r.forced = block_sum<u64>(forced, s.scratch);
-  r.mass = block_sum<u64>(mass, s.scratch);
+  const u64 c = block_sum<u64>(counts, s.scratch);
+  r.eligible = c & 0xffffffffu, r.forced = c >> 32;
+  r.mass = kMass ? block_sum<u64>(mass, s.scratch) : 0;
   r.by_cut = 0;
   if (cut != nullptr) {
-    const u64 a = block_sum<u64>(above, s.scratch), t = block_sum<u64>(ties, s.scratch);
-    r.by_cut = a + min(t, u64(cut->tie_keep));
+    const u64 t = block_sum<u64>(by_cut, s.scratch);
+    r.by_cut = (t & 0xffffffffu) + min(t >> 32, u64(cut->tie_keep));
   }
   return r;
 }
@@ -297,13 +342,21 @@ __device__ void compact_row(const RowView& v, SelShared& s, Cut cut, int32_t* ou
   if (threadIdx.x == 0) *count = int32_t(n);
 }
 
-// Pass row -> its view (builds the window bitmap in shared memory). Every thread of the CTA must call it.
-__device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitmap, bool density) {
+__device__ __forceinline__ int bitmap_words(const SelectParams& p) {
+  return p.win_counts != nullptr ? (p.ng + 31) / 32 : 0;
+}
+
+// Pass row -> its view (builds the window bitmap in shared memory; cache: and the row's keys after it). Every
+// thread of the CTA must call it.
+__device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitmap, bool density, bool cache = false) {
   const int qb = int(row % p.nq), head = p.h0 + int(row / p.nq);
   RowView v;
   v.mass = p.mass + row * p.ng;
   v.ng = p.ng, v.key_group = p.key_group, v.tokens = p.tokens, v.density = density;
   v.bitmap = nullptr;
+  v.keys = nullptr;
+  v.from_log = p.lse != nullptr;
+  v.lse = v.from_log ? p.lse[row] : 0.0f;
   if (p.win_counts != nullptr) {
     for (int i = threadIdx.x; i < (p.ng + 31) / 32; i += kSelThreads) bitmap[i] = 0;
     __syncthreads();
@@ -322,6 +375,27 @@ __device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitma
   v.diag_first = p.keep_diagonal ? int(first / p.key_group) : 1;
   v.diag_last = p.keep_diagonal ? int(last / p.key_group) : 0;
   v.text_first = p.text_first_group;
+  if (cache) {
+    uint32_t* keys = bitmap + bitmap_words(p);
+    constexpr int kUnroll = 8;  // independent loads in flight per thread
+    for (int g0 = threadIdx.x; g0 < p.ng; g0 += kSelThreads * kUnroll) {
+      uint32_t k[kUnroll];
+      bool ok[kUnroll];
+#pragma unroll
+      for (int i = 0; i < kUnroll; ++i) {
+        const int g = g0 + i * kSelThreads;
+        float m;
+        ok[i] = g < p.ng && v.key(g, k[i], m);
+      }
+#pragma unroll
+      for (int i = 0; i < kUnroll; ++i) {
+        const int g = g0 + i * kSelThreads;
+        if (g < p.ng) keys[g] = ok[i] ? k[i] : kIneligible;
+      }
+    }
+    __syncthreads();
+    v.keys = keys;
+  }
   return v;
 }
 
@@ -338,7 +412,7 @@ __global__ void __launch_bounds__(kSelThreads) select_rows_kernel(SelectParams p
   const int hl = int(row / p.nq), qb = int(row % p.nq);
   const int64_t plan_row = int64_t(p.h0 + hl) * p.nq + qb;
   const auto rule = static_cast<SelectionRule>(p.rule);
-  const RowView v = setup_row(p, row, window_bits, rule == SelectionRule::target_sparsity);
+  const RowView v = setup_row(p, row, window_bits, rule == SelectionRule::target_sparsity, p.cache_keys != 0);
 
   Cut cut = kKeepAll;
   bool have_cut = false;
@@ -352,7 +426,8 @@ __global__ void __launch_bounds__(kSelThreads) select_rows_kernel(SelectParams p
     cut = Cut{p.threshold_key, kAllTies};
     have_cut = true;
   }
-  const RowStats st = row_pass0(v, s, have_cut ? &cut : nullptr);
+  const RowStats st = rule == SelectionRule::top_p ? row_pass0<true>(v, s, nullptr)
+                                                   : row_pass0<false>(v, s, have_cut ? &cut : nullptr);
   bool level0_ready = true;
   u64 n = st.by_cut;
   if (rule == SelectionRule::top_k) {
@@ -377,8 +452,9 @@ __global__ void __launch_bounds__(kSelThreads) select_rows_kernel(SelectParams p
 // Level `level`: each row adds its other eligible groups (keys starting with the head's prefix) to the head's
 // histogram, weighted by pairs; level 0 also counts the always-kept groups' pairs.
 __global__ void __launch_bounds__(kSelThreads) target_hist_kernel(SelectParams p, int level) {
-  __shared__ uint32_t cnt[kBins], weight[kBins];
+  __shared__ uint32_t cnt[kBins];
   __shared__ u64 scratch[kSelWarps];
+  __shared__ int last_bin;  // the bin of the last group (the one that may be short), -1: not counted
   extern __shared__ uint32_t window_bits[];
   const int64_t row = blockIdx.x;
   const int hl = int(row / p.nq), qb = int(row % p.nq);
@@ -387,29 +463,29 @@ __global__ void __launch_bounds__(kSelThreads) target_hist_kernel(SelectParams p
   const uint32_t prefix = st.prefix;
   const RowView v = setup_row(p, row, window_bits, true);
   const int nb = level == 0 ? kBins : 1024, shift = kShift[level], up = shift + kBits[level];
-  for (int i = threadIdx.x; i < nb; i += kSelThreads) cnt[i] = 0, weight[i] = 0;
+  for (int i = threadIdx.x; i < nb; i += kSelThreads) cnt[i] = 0;
+  if (threadIdx.x == 0) last_bin = -1;
   __syncthreads();
   u64 forced = 0;
-  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
-    uint32_t key;
-    float m;
-    if (!v.key(g, key, m)) continue;
+  for_each_key(v, [&](int g, uint32_t key, float) {
     if (key >= kForcedBit) {
       forced += v.group_size(g);
-      continue;
+      return;
     }
-    if ((key >> up) != prefix) continue;
+    if ((key >> up) != prefix) return;
     const int bin = int(key >> shift) & (nb - 1);
-    atomicAdd(&cnt[bin], 1u);
-    atomicAdd(&weight[bin], uint32_t(v.group_size(g)));
-  }
+    add_count(cnt, bin);
+    if (g == v.ng - 1) last_bin = bin;
+  });
   __syncthreads();
+  // A bin's weight (key positions): key_group per group, less what the last group lacks.
+  const u64 short_by = u64(p.key_group - v.group_size(v.ng - 1));
   const u64 qs = u64(query_block_size(p, qb));
   DynHeadHist& h = p.head_hist[hl];
   for (int i = threadIdx.x; i < nb; i += kSelThreads)
     if (cnt[i] != 0) {
       atomicAdd(&h.count[i], cnt[i]);
-      atomicAdd(&h.weight[i], qs * weight[i]);
+      atomicAdd(&h.weight[i], qs * (u64(cnt[i]) * u64(p.key_group) - (i == last_bin ? short_by : 0)));
     }
   if (level == 0) {
     const u64 f = block_sum<u64>(forced, scratch);
@@ -463,11 +539,9 @@ __global__ void __launch_bounds__(kSelThreads) target_ties_kernel(SelectParams p
   if (st.mode != 3 || st.tie_count <= 1) return;
   const RowView v = setup_row(p, row, window_bits, true);
   u64 ties = 0, weight = 0;
-  for (int g = threadIdx.x; g < v.ng; g += kSelThreads) {
-    uint32_t key;
-    float m;
-    if (v.key(g, key, m) && key == st.cut_key) ++ties, weight += v.group_size(g);
-  }
+  for_each_key(v, [&](int g, uint32_t key, float) {
+    if (key == st.cut_key) ++ties, weight += v.group_size(g);
+  });
   ties = block_sum<u64>(ties, scratch);
   weight = block_sum<u64>(weight, scratch);
   if (threadIdx.x == 0)
