@@ -18,20 +18,8 @@ sys.path.insert(0, os.path.join(here, "..", "python"))
 import peers  # noqa: E402
 
 
-class TileattnFp8Peer(peers.TileattnPeer):
-    name = "tileattn_fp8"
-    notes = "tileattn.sta_attention(precision='fp8'): e4m3 pre-pass + e4m3 kernel, natural order"
-
-    def run(self):
-        wl = self.ctx.wl
-        q, k, v = self.args
-        return self.mod.sta_attention(q, k, v, video_shape=wl.video, window=wl.window, tile=wl.tile,
-                                      text_len=wl.text_len, layout=self.layout, precision="fp8")
-
-
-class TileattnFp8TileMajorPeer(peers.TileattnTileMajorPeer):
-    name = "tileattn_fp8_tm"
-    notes = "tileattn precision='fp8' with layout='tile_major' on the tile-major inputs the peers get"
+class Fp8Run:
+    """precision='fp8' on whatever inputs and layout the bf16 entry it is mixed into sets up."""
 
     def run(self):
         wl = self.ctx.wl
@@ -39,6 +27,16 @@ class TileattnFp8TileMajorPeer(peers.TileattnTileMajorPeer):
         self.last = self.mod.sta_attention(q, k, v, video_shape=wl.video, window=wl.window, tile=wl.tile,
                                            text_len=wl.text_len, layout=self.layout, precision="fp8")
         return self.last
+
+
+class TileattnFp8Peer(Fp8Run, peers.TileattnPeer):
+    name = "tileattn_fp8"
+    notes = "tileattn.sta_attention(precision='fp8'): e4m3 pre-pass + e4m3 kernel, natural order"
+
+
+class TileattnFp8TileMajorPeer(Fp8Run, peers.TileattnTileMajorPeer):
+    name = "tileattn_fp8_tm"
+    notes = "tileattn precision='fp8' with layout='tile_major' on the tile-major inputs the peers get"
 
 
 for cls in (TileattnFp8Peer, TileattnFp8TileMajorPeer):

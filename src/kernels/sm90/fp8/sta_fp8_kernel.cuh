@@ -78,26 +78,22 @@ struct StaFp8Producer {
       bulk_load(sm.lse_shift, f.lse_shift + int64_t(q_bh) * f.rows + q.row, kernels::kQueryBlockRows * 4,
                 &sm.q_full);
     KeyBlockWalker<Cfg::kBlockN> walk(p.base.sta, q, p.base.attention.batch_offset);
-    const int n = walk.count();
-    int stage = 0;
-    uint32_t phase = 0;
-    for (int i = 0; i < n; ++i) {
-      const KeyBlock k = walk.current();
-      mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
-      mbarrier_arrive_expect_tx(&sm.k_full[stage], Operands::kKeyTileBytes + kernels::kFp8ScaleWindow * 4);
-      tma_load_3d(sm.k[stage], &f.k8, &sm.k_full[stage], 0, k.row, kv_bh);
-      bulk_load(sm.k_scale[stage],
-                f.k_scale + (int64_t(kv_bh) * f.groups + k.row / kernels::kFp8GroupRows) * kernels::kFp8ScaleWindow,
-                kernels::kFp8ScaleWindow * 4, &sm.k_full[stage]);
-      mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
-      mbarrier_arrive_expect_tx(&sm.v_full[stage], Operands::kKeyTileBytes);
+    walk_key_stages<kStages>(
+        walk, sm,
+        [&](const KeyBlock& k, int stage) {  // K rows and their scales, one barrier
+          mbarrier_arrive_expect_tx(&sm.k_full[stage], Operands::kKeyTileBytes + kernels::kFp8ScaleWindow * 4);
+          tma_load_3d(sm.k[stage], &f.k8, &sm.k_full[stage], 0, k.row, kv_bh);
+          bulk_load(sm.k_scale[stage],
+                    f.k_scale + (int64_t(kv_bh) * f.groups + k.row / kernels::kFp8GroupRows) * kernels::kFp8ScaleWindow,
+                    kernels::kFp8ScaleWindow * 4, &sm.k_full[stage]);
+        },
+        [&](const KeyBlock& k, int stage) {  // V^T atoms of 64 keys
+          mbarrier_arrive_expect_tx(&sm.v_full[stage], Operands::kKeyTileBytes);
 #pragma unroll
-      for (int atom = 0; atom < Cfg::kBlockN / Operands::kValueAtomKeys; ++atom)
-        tma_load_3d(sm.v[stage] + atom * Operands::kValueAtomBytes, &f.v8t, &sm.v_full[stage],
-                    k.row + atom * Operands::kValueAtomKeys, 0, kv_bh);
-      walk.advance();
-      if (++stage == kStages) stage = 0, phase ^= 1;
-    }
+          for (int atom = 0; atom < Cfg::kBlockN / Operands::kValueAtomKeys; ++atom)
+            tma_load_3d(sm.v[stage] + atom * Operands::kValueAtomBytes, &f.v8t, &sm.v_full[stage],
+                        k.row + atom * Operands::kValueAtomKeys, 0, kv_bh);
+        });
   }
 };
 

@@ -12,6 +12,26 @@
 
 namespace tileattn::sm90 {
 
+// The producer's walk over a query block's key blocks through the ring of stages: for each block, load_k(block,
+// stage) once the consumers have released that stage's K buffer, then load_v(block, stage) once they have released
+// its V buffer. Shared by the bf16 and e4m3 producers, which differ only in what a load is.
+template <int kStages, int kBlockN, class Storage, class LoadK, class LoadV>
+__device__ __forceinline__ void walk_key_stages(KeyBlockWalker<kBlockN>& walk, Storage& sm, LoadK&& load_k,
+                                                LoadV&& load_v) {
+  const int n = walk.count();
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int i = 0; i < n; ++i) {
+    const KeyBlock k = walk.current();
+    mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
+    load_k(k, stage);
+    mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
+    load_v(k, stage);
+    walk.advance();
+    if (++stage == kStages) stage = 0, phase ^= 1;
+  }
+}
+
 template <class Cfg>
 struct StaProducer {
   using Element = typename Cfg::Element;
@@ -34,19 +54,14 @@ struct StaProducer {
         tma_load_5d(dst, &p.q_video, &sm.q_full, atom * 64, q.x1, q.x2, q.x3, q_bh);
     }
     KeyBlockWalker<Cfg::kBlockN> walk(p.sta, q, a.batch_offset);
-    const int n = walk.count();
-    int stage = 0;
-    uint32_t phase = 0;
-    for (int i = 0; i < n; ++i) {
-      const KeyBlock k = walk.current();
-      // K then V of block i, each into its own stage buffer once the consumers have released it.
-      mbarrier_wait(&sm.k_empty[stage], phase ^ 1);
-      load_block(k, kv_bh, &p.k_video, &p.k_tokens, sm.k[stage], &sm.k_full[stage]);
-      mbarrier_wait(&sm.v_empty[stage], phase ^ 1);
-      load_block(k, kv_bh, &p.v_video, &p.v_tokens, sm.v[stage], &sm.v_full[stage]);
-      walk.advance();
-      if (++stage == kStages) stage = 0, phase ^= 1;
-    }
+    walk_key_stages<kStages>(
+        walk, sm,
+        [&](const KeyBlock& k, int stage) {
+          load_block(k, kv_bh, &p.k_video, &p.k_tokens, sm.k[stage], &sm.k_full[stage]);
+        },
+        [&](const KeyBlock& k, int stage) {
+          load_block(k, kv_bh, &p.v_video, &p.v_tokens, sm.v[stage], &sm.v_full[stage]);
+        });
   }
 
   static __device__ __forceinline__ void load_block(const KeyBlock& k, int bh, const CUtensorMap* video_map,
