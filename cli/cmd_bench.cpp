@@ -408,8 +408,8 @@ Action add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str();
   cmd->add_option("--reps", o->reps, "timed runs (median reported)")->capture_default_str();
   cmd->add_flag("--backward", o->backward, "also time the backward (fast and deterministic dQ modes)");
-  cmd->add_option("--precision", o->precision, "the STA forward's precision: native or fp8 (e4m3 operands, "
-                                               "forward only)")->capture_default_str();
+  cmd->add_option("--precision", o->precision, "the STA forward's precision: native or fp8 (int8 Q K^T, e4m3 "
+                                               "P V; forward only)")->capture_default_str();
   cmd->add_option("--json", o->json_path, "write the times (ms) as JSON");
   CLI::Option* fg = cmd->add_flag("--fg", o->fg, "time the FG-Attn forward on synthetic GPU masks (and their build) "
                                                   "instead of STA");

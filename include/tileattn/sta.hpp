@@ -41,7 +41,7 @@ struct StaForwardArgs {
 };
 
 // Bytes of `workspace` the forward needs: 0 for native precision; for fp8 about 3 * tokens * heads * head_dim bytes
-// (the e4m3 copies of Q, K and V) plus the scales. Validates the arguments like sta_forward.
+// (the 8-bit copies of Q, K and V) plus the scales. Validates the arguments like sta_forward.
 int64_t sta_forward_workspace_bytes(const StaForwardArgs& args);
 void sta_forward(const StaForwardArgs& args, StreamHandle stream);
 

@@ -14,9 +14,9 @@ using StreamHandle = CUstream_st*;  // a cudaStream_t
 
 enum class DType : int32_t { bf16 = 0, fp16 = 1 };
 enum class TokenLayout : int32_t { natural = 0, tile_major = 1 };
-// What the tensor cores multiply. native: the inputs' dtype (bf16 / fp16). fp8: e4m3 operands quantized on the fly
-// by a pre-pass (per-block Q / K scales, K smoothed, V per-channel scales, P scaled; docs/DESIGN.md "FP8 STA"); the
-// output keeps the inputs' dtype.
+// What the tensor cores multiply. native: the inputs' dtype (bf16 / fp16). fp8: 8-bit operands quantized by a
+// pre-pass, SageAttention 2's recipe: int8 Q K^T (per-64-row scales, K smoothed, Q / K channels balanced), e4m3 P V
+// (V per-channel scales, P scaled); docs/DESIGN.md "FP8 STA". The output keeps the inputs' dtype.
 enum class Precision : int32_t { native = 0, fp8 = 1 };
 
 struct DeviceTensor {

@@ -12,10 +12,13 @@ from tileattn.fp8_reference import REPORT_CASES, compare
 
 NORMAL = [c for c in REPORT_CASES if c.dit is None]
 DIT = [c for c in REPORT_CASES if c.dit is not None]
-# What the spec's numerics reach (four e4m3 roundings of ~2.3% each, see the report's error budget); a scale, group,
-# mask or smoothing mistake costs far more than these margins.
-BOUNDS = {"normal": dict(rel_l2=0.06, cosine=0.998, lse_max=0.1, lse_rms=0.02),
-          "dit": dict(rel_l2=0.10, cosine=0.995, lse_max=0.75, lse_rms=0.15)}
+DISJOINT = [c for c in DIT if c.dit == "disjoint"]
+# What the spec's numerics reach (the report's error budget: V's e4m3 rounding ~0.026 and P's ~0.018 dominate, int8
+# Q and K ~0.007 each on normal inputs); a scale, group, mask, smoothing or balance mistake costs far more than these
+# margins. The LSE of the "shared" cases (logits of std ~20) is off by ~3% of the logits.
+BOUNDS = {"normal": dict(rel_l2=0.045, cosine=0.999, lse_max=0.03, lse_rms=0.008),
+          "disjoint": dict(rel_l2=0.045, cosine=0.999, lse_max=0.25, lse_rms=0.05),
+          "shared": dict(rel_l2=0.055, cosine=0.9985, lse_max=0.9, lse_rms=0.3)}
 
 
 def ids(cases):
@@ -25,7 +28,7 @@ def ids(cases):
 @pytest.mark.parametrize("case", NORMAL + DIT, ids=ids(NORMAL + DIT))
 def test_emulation_close_to_exact(case):
     r = compare(case)
-    b = BOUNDS["normal" if case.dit is None else "dit"]
+    b = BOUNDS[case.dit or "normal"]
     print(f"{case.name}: {r}")
     assert r["rel_l2"] <= b["rel_l2"], r
     assert r["cosine"] >= b["cosine"], r
@@ -46,7 +49,21 @@ def test_without_rounding_equals_exact(case):
 def test_smoothing_matters_for_offset_keys(case):
     smoothed, raw = compare(case), compare(case, smooth_k=False)
     print(f"{case.name}: rel L2 smoothed {smoothed['rel_l2']:.4f}, not smoothed {raw['rel_l2']:.4f}")
-    assert raw["rel_l2"] >= 3.0 * smoothed["rel_l2"], (smoothed, raw)
+    assert raw["rel_l2"] >= 1.4 * smoothed["rel_l2"], (smoothed, raw)
+
+
+@pytest.mark.parametrize("case", DISJOINT, ids=ids(DISJOINT))
+def test_balance_matters_for_outlier_channels(case):
+    """Q's and K's outliers on different channels: without the balance, one int8 scale per 64 rows spends its range
+    on the outlier channels and the others lose their bits."""
+    balanced, raw = compare(case), compare(case, balance=False)
+    print(f"{case.name}: rel L2 balanced {balanced['rel_l2']:.4f}, not balanced {raw['rel_l2']:.4f}")
+    assert raw["rel_l2"] >= 2.4 * balanced["rel_l2"], (balanced, raw)
+
+
+def test_int8_rounds_to_nearest_even_and_clamps():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, 126.6, 127.4, 300.0, -1e6])
+    assert fp8.int8(x).tolist() == [0.0, 2.0, 2.0, -0.0, 127.0, 127.0, 127.0, -127.0]
 
 
 def test_padded_rows_are_the_tile_major_order_with_holes():
@@ -84,7 +101,7 @@ def test_sta_attention_cpu_fp8_is_the_emulation():
     assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
     native = tileattn.sta_attention(q, k, v, plan=plan, text_valid=tv)
     d = ((out - native).norm() / native.norm()).item()
-    assert 5e-3 < d < 0.06, d  # fp8 differs from native by a small but nonzero amount
+    assert 5e-3 < d < 0.05, d  # fp8 differs from native by a small but nonzero amount
     # the loose arguments, STAConfig, tile-major tokens and bf16 inputs take the same path
     loose = tileattn.sta_attention(q, k, v, plan.video_shape, (1, 3, 1), plan.tile, plan.text_len, tv,
                                    precision="fp8")

@@ -395,7 +395,7 @@ def enable_sta(pipe_or_transformer, window: Optional[Union[Sequence[int], Sequen
     tile: the tile in tokens; default the strategy's tile, else (6, 8, 8).
     dense_steps: the first steps run dense; default the strategy's dense steps, else 0.
     strict: raise RoutingError instead of running a layer dense when STA cannot take its call.
-    precision: "native" or "fp8" for every routed layer (fp8: e4m3 operands, forward only, see
+    precision: "native" or "fp8" for every routed layer (fp8: 8-bit tensor cores, forward only, see
         tileattn.sta_attention); default the strategy's per-layer precision ("precision" / "layer_precision" in
         tileattn's strategy format), else native. An fp8 layer called with grad enabled on inputs that require grad
         runs dense (RoutingWarning; RoutingError with strict): diffusers' pipelines run under torch.no_grad().

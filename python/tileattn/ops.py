@@ -2,7 +2,7 @@
 torch.compile(fullgraph=True) traces through them via their fake implementations, they run on the current CUDA stream
 and allocate only through PyTorch (workspaces included), so they can be captured in a CUDA graph. Autograd (STA): the
 forward saves q, k, v, O and LSE; the backward runs tileattn's STA backward kernels (deterministic dQ when
-torch.use_deterministic_algorithms(True) is on). The STA forward's precision="fp8" (e4m3 operands, see
+torch.use_deterministic_algorithms(True) is on). The STA forward's precision="fp8" (8-bit operands, see
 tileattn.fp8_reference) has no backward, nor has FG-Attn: differentiating through either raises NotImplementedError."""
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def sta_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_valid: O
                 video_shape: List[int], tile: List[int], windows: List[int], text_len: int, layout: str,
                 scale: float, precision: str = "native") -> Tuple[torch.Tensor, torch.Tensor]:
     """O [B, Hq, S, D] and the fp32 log-sum-exp [B, Hq, S]. `windows`: flattened (wt, wh, ww) triples, one per query
-    head or a single one; empty = dense. precision "fp8": e4m3 operands quantized into a workspace allocated here
+    head or a single one; empty = dense. precision "fp8": 8-bit operands quantized into a workspace allocated here
     (tileattn_sta_forward_workspace_bytes), output still in q's dtype; forward only."""
     check_precision(precision)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -245,8 +245,9 @@ def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video_shape
     plan: a tileattn.StaPlan; or, equivalently, the loose arguments it is made of (video_shape, window, tile,
     text_len; window: (wt, wh, ww) in tiles for every head, one triple per query head, or None for dense).
     text_valid: optional int32 [B] on q's device: valid text tokens per sample (the rest get no weight).
-    precision: "native" (the tensor cores multiply q's dtype) or "fp8": a pre-pass quantizes Q, K, V to e4m3 with
-    fine-grained scales (K smoothed, P scaled; docs/DESIGN.md "FP8 STA forward"), output still in q's dtype.
+    precision: "native" (the tensor cores multiply q's dtype) or "fp8": a pre-pass quantizes Q and K to int8 with
+    per-64-row scales (K smoothed, Q and K channels balanced) and V to e4m3 with per-channel scales; P is e4m3
+    (docs/DESIGN.md "FP8 STA forward"); output still in q's dtype.
     Forward only: with precision="fp8", inputs that require grad (under grad mode) raise ValueError.
     Returns O [B, heads, S, D] (and the fp32 log-sum-exp [B, heads, S] if return_lse).
 

@@ -1,10 +1,10 @@
-// The e4m3 STA forward's pre-pass (docs/DESIGN.md "FP8 STA forward"): four memory-bound kernels, in order on the
+// The 8-bit STA forward's pre-pass (docs/DESIGN.md "FP8 STA forward"): four memory-bound kernels, in order on the
 // call's stream:
-//  1. statistics: per (batch, kv head) and chunk of tokens, the sum of K and the max |V| of each channel over the
-//     valid keys (fixed chunks and a fixed reduction order: the result is the same run to run);
-//  2. finish: K's channel means and V's channel scales from the chunks;
-//  3. rows: Q (and K, smoothed by its means) in groups of 64 padded rows, one scale per group, e4m3 rows written in
-//     the padded tile-major order; for Q also the LSE shift softmax_scale * (q . mean K) of each row;
+//  1. statistics: per (batch, kv head) and chunk of tokens, K's sum / max / min and max |V| of each channel over the
+//     valid keys, max |Q| over the queries (fixed chunks and a fixed reduction order: the same result run to run);
+//  2. finish: K's channel means, V's channel scales and the Q / K channel balance from the chunks;
+//  3. rows: Q (and K, smoothed by its means), balanced, in groups of 64 padded rows, one scale per group, int8 rows
+//     written in the padded tile-major order; for Q also the LSE shift softmax_scale * (q . mean K) of each row;
 //  4. values: V scaled per channel, transposed to head-dim rows of keys, the keys of each 32 in value_key_at order.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -20,19 +20,24 @@
 namespace tileattn::kernels {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
+// Rows are read and written by D / 8 consecutive lanes, 16 bytes of input each: a warp covers whole rows.
+template <int D>
+constexpr int kLanesPerRow = D / 8;
 
 struct Buffers {
   uint8_t *q8, *k8, *v8t;
-  float *q_scale, *k_scale, *v_scale, *k_mean, *lse_shift, *k_sum, *v_max;
+  float *q_scale, *k_scale, *v_scale, *k_mean, *balance, *lse_shift;
+  float *k_sum, *k_max, *k_min, *v_max, *q_max;  // statistics partials
 };
 
 Buffers buffers_of(const Fp8QuantizeParams& p) {
   uint8_t* w = p.workspace;
   const Fp8Workspace& l = p.layout;
   auto f = [&](int64_t off) { return reinterpret_cast<float*>(w + off); };
-  return {w + l.q8, w + l.k8, w + l.v8t, f(l.q_scale), f(l.k_scale), f(l.v_scale), f(l.k_mean), f(l.lse_shift),
-          f(l.k_sum_partial), f(l.v_max_partial)};
+  return {w + l.q8,           w + l.k8,           w + l.v8t,          f(l.q_scale),       f(l.k_scale),
+          f(l.v_scale),       f(l.k_mean),        f(l.balance),       f(l.lse_shift),     f(l.k_sum_partial),
+          f(l.k_max_partial), f(l.k_min_partial), f(l.v_max_partial), f(l.q_max_partial)};
 }
 
 // Eight consecutive elements of a bf16 / fp16 tensor (16-byte aligned: the call's validation checks the strides).
@@ -88,100 +93,133 @@ __device__ __forceinline__ float block_max(float x, float* scratch) {
   return x;
 }
 
-__device__ __forceinline__ uint32_t e4m3x4(float a, float b, float c, float d) {
-  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
-  return lo | (hi << 16);
+// Four values -> four int8 (round to nearest even; |x| <= 127 by construction of the scale), first in the low byte.
+__device__ __forceinline__ uint32_t int8x4(float a, float b, float c, float d) {
+  auto byte = [](float x) { return uint32_t(__float2int_rn(x)) & 0xffu; };
+  return byte(a) | (byte(b) << 8) | (byte(c) << 16) | (byte(d) << 24);
 }
 
-// 1. Per (chunk of kFp8StatisticsRows input tokens, batch * kv head): channel sums of K and max |V|.
+// 1. Per (chunk of kFp8StatisticsRows input tokens, batch * kv head), per channel: K's sum, max and min over the
+// valid keys, max |V| over them, and max |Q| over every query of the kv head's q heads.
 template <int D>
 __global__ void __launch_bounds__(kThreads) statistics_kernel(const Fp8QuantizeParams p, Buffers buf) {
   constexpr int kLanes = D / 8, kTokensPerPass = kThreads / kLanes;
-  __shared__ float k_sum[kTokensPerPass][D], v_max[kTokensPerPass][D];
+  constexpr int kSum = 0, kMax = 1, kMin = 2, kV = 3, kQ = 4, kStats = 5;
+  __shared__ float partial[kStats][kTokensPerPass][D];
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.kv_heads, h = bh % p.kv_heads;
+  const int group = p.q_heads / p.kv_heads;
   const int lane = threadIdx.x % kLanes, slot = threadIdx.x / kLanes;
-  const int64_t keys = p.num_video_tokens + valid_text(p, b);
+  const int64_t keys = p.num_video_tokens + valid_text(p, b), tokens = p.num_video_tokens + p.text_len;
   const int64_t begin = int64_t(chunk) * kFp8StatisticsRows;
-  const int64_t end = begin + kFp8StatisticsRows < keys ? begin + kFp8StatisticsRows : keys;
-  float ks[8] = {}, vm[8] = {};
+  const int64_t end = begin + kFp8StatisticsRows < tokens ? begin + kFp8StatisticsRows : tokens;
+  float acc[kStats][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    acc[kSum][i] = 0.0f, acc[kMax][i] = -INFINITY, acc[kMin][i] = INFINITY, acc[kV][i] = 0.0f, acc[kQ][i] = 0.0f;
   for (int64_t token = begin + slot; token < end; token += kTokensPerPass) {
+    for (int g = 0; g < group; ++g) {
+      float q[8];
+      load8(p.q, element_offset(p.q_strides, b, h * group + g, token) + lane * 8, p.is_fp16, q);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[kQ][i] = fmaxf(acc[kQ][i], fabsf(q[i]));
+    }
+    if (token >= keys) continue;  // text past text_valid: a query, not a key
     float k[8], v[8];
     load8(p.k, element_offset(p.k_strides, b, h, token) + lane * 8, p.is_fp16, k);
     load8(p.v, element_offset(p.v_strides, b, h, token) + lane * 8, p.is_fp16, v);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) ks[i] += k[i], vm[i] = fmaxf(vm[i], fabsf(v[i]));
+    for (int i = 0; i < 8; ++i) {
+      acc[kSum][i] += k[i], acc[kMax][i] = fmaxf(acc[kMax][i], k[i]), acc[kMin][i] = fminf(acc[kMin][i], k[i]);
+      acc[kV][i] = fmaxf(acc[kV][i], fabsf(v[i]));
+    }
   }
 #pragma unroll
-  for (int i = 0; i < 8; ++i) k_sum[slot][lane * 8 + i] = ks[i], v_max[slot][lane * 8 + i] = vm[i];
+  for (int x = 0; x < kStats; ++x)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) partial[x][slot][lane * 8 + i] = acc[x][i];
   __syncthreads();
   for (int d = threadIdx.x; d < D; d += kThreads) {
-    float s = 0.0f, m = 0.0f;
-    for (int i = 0; i < kTokensPerPass; ++i) s += k_sum[i][d], m = fmaxf(m, v_max[i][d]);
+    float sum = 0.0f, k_max = -INFINITY, k_min = INFINITY, v_max = 0.0f, q_max = 0.0f;
+    for (int i = 0; i < kTokensPerPass; ++i) {
+      sum += partial[kSum][i][d];
+      k_max = fmaxf(k_max, partial[kMax][i][d]), k_min = fminf(k_min, partial[kMin][i][d]);
+      v_max = fmaxf(v_max, partial[kV][i][d]), q_max = fmaxf(q_max, partial[kQ][i][d]);
+    }
     const int64_t at = (int64_t(bh) * p.layout.chunks + chunk) * D + d;
-    buf.k_sum[at] = s;
-    buf.v_max[at] = m;
+    buf.k_sum[at] = sum, buf.k_max[at] = k_max, buf.k_min[at] = k_min, buf.v_max[at] = v_max, buf.q_max[at] = q_max;
   }
 }
 
-// 2. K's channel means and V's channel scales, per batch * kv head.
+// 2. Per batch * kv head and channel: K's mean, V's scale, and the balance b of Q and K. Scores use q / b and
+// (k - mean) b, which changes no product q . k but gives both the same range per channel (sqrt of the product of
+// their maxima), so that one int8 scale per 64 rows does not spend its range on the other operand's outlier channels.
 template <int D>
 __global__ void __launch_bounds__(D) finish_kernel(const Fp8QuantizeParams p, Buffers buf) {
   const int bh = blockIdx.x, d = threadIdx.x, b = bh / p.kv_heads;
-  float s = 0.0f, m = 0.0f;
+  float sum = 0.0f, k_max = -INFINITY, k_min = INFINITY, v_max = 0.0f, q_max = 0.0f;
   for (int64_t c = 0; c < p.layout.chunks; ++c) {
     const int64_t at = (int64_t(bh) * p.layout.chunks + c) * D + d;
-    s += buf.k_sum[at];
-    m = fmaxf(m, buf.v_max[at]);
+    sum += buf.k_sum[at];
+    k_max = fmaxf(k_max, buf.k_max[at]), k_min = fminf(k_min, buf.k_min[at]);
+    v_max = fmaxf(v_max, buf.v_max[at]), q_max = fmaxf(q_max, buf.q_max[at]);
   }
   const int64_t keys = p.num_video_tokens + valid_text(p, b);
-  buf.k_mean[int64_t(bh) * D + d] = s / float(keys);
-  buf.v_scale[int64_t(bh) * D + d] = m > 0.0f ? m / kE4m3Max : 1.0f;
+  const float mean = sum / float(keys);
+  const float k_range = fmaxf(k_max - mean, mean - k_min);  // max |k - mean| over the valid keys
+  const int64_t at = int64_t(bh) * D + d;
+  buf.k_mean[at] = mean;
+  buf.balance[at] = q_max > 0.0f && k_range > 0.0f ? sqrtf(q_max / k_range) : 1.0f;
+  buf.v_scale[at] = v_max > 0.0f ? v_max / kE4m3Max : 1.0f;
 }
 
-// 3. One group of 64 padded rows of Q (kKeys = false) or K (true) per CTA: two threads per row, D / 2 channels each.
+// 3. One group of 64 padded rows of Q (kKeys = false) or K (true) per CTA, kLanesPerRow lanes per row, 8 channels
+// each. Q: q / balance; K: (k - mean) * balance (finish_kernel); then one int8 scale per group, max |x| / 127.
 template <int D, bool kKeys>
 __global__ void __launch_bounds__(kThreads) rows_kernel(const Fp8QuantizeParams p, Buffers buf) {
-  constexpr int kHalf = D / 2;
+  constexpr int kLanes = kLanesPerRow<D>, kRowsPerPass = kThreads / kLanes, kPasses = kFp8GroupRows / kRowsPerPass;
   __shared__ float scratch[kThreads / 32];
   const int group = blockIdx.x, bh = blockIdx.y;
   const int heads = kKeys ? p.kv_heads : p.q_heads;
   const int b = bh / heads, h = bh % heads;
   const int kv_bh = b * p.kv_heads + (kKeys ? h : h / (p.q_heads / p.kv_heads));
-  const int half = threadIdx.x % 2;
-  const int64_t row = int64_t(group) * kFp8GroupRows + threadIdx.x / 2;
-  const int64_t token = source_token(p, row, b, kKeys);
-  const float* mean = buf.k_mean + int64_t(kv_bh) * D + half * kHalf;
-  float x[kHalf];
+  const int lane = threadIdx.x % kLanes, c0 = lane * 8;
+  float mean[8], balance[8];
 #pragma unroll
-  for (int v = 0; v < kHalf / 8; ++v) {
-    float e[8] = {};
-    if (token >= 0)
-      load8(kKeys ? p.k : p.q, element_offset(kKeys ? p.k_strides : p.q_strides, b, h, token) + half * kHalf + v * 8,
-            p.is_fp16, e);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) x[v * 8 + i] = (kKeys && token >= 0) ? e[i] - mean[v * 8 + i] : e[i];
-  }
-  if (!kKeys && p.want_lse_shift) {
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kHalf; ++i) dot = fmaf(x[i], mean[i], dot);
-    dot += __shfl_xor_sync(0xffffffff, dot, 1);
-    if (half == 0) buf.lse_shift[int64_t(bh) * p.layout.rows + row] = p.softmax_scale * dot;
-  }
+  for (int i = 0; i < 8; ++i)
+    mean[i] = buf.k_mean[int64_t(kv_bh) * D + c0 + i], balance[i] = buf.balance[int64_t(kv_bh) * D + c0 + i];
+  float x[kPasses][8];
   float m = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kHalf; ++i) m = fmaxf(m, fabsf(x[i]));
-  m = block_max(m, scratch);
-  const float scale = m > 0.0f ? m / kE4m3Max : 1.0f;
-  uint8_t* out = (kKeys ? buf.k8 : buf.q8) + (int64_t(bh) * p.layout.rows + row) * D + half * kHalf;
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int64_t row = int64_t(group) * kFp8GroupRows + pass * kRowsPerPass + threadIdx.x / kLanes;
+    const int64_t token = source_token(p, row, b, kKeys);
+    float e[8] = {};
+    if (token >= 0)
+      load8(kKeys ? p.k : p.q, element_offset(kKeys ? p.k_strides : p.q_strides, b, h, token) + c0, p.is_fp16, e);
+    if (!kKeys && p.want_lse_shift) {  // of the raw q
+      float dot = 0.0f;
 #pragma unroll
-  for (int v = 0; v < kHalf / 8; ++v) {
-    const float* e = &x[v * 8];
+      for (int i = 0; i < 8; ++i) dot = fmaf(e[i], mean[i], dot);
+#pragma unroll
+      for (int o = kLanes / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      if (lane == 0) buf.lse_shift[int64_t(bh) * p.layout.rows + row] = p.softmax_scale * dot;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      x[pass][i] = kKeys ? (token >= 0 ? (e[i] - mean[i]) * balance[i] : 0.0f) : e[i] / balance[i];
+      m = fmaxf(m, fabsf(x[pass][i]));
+    }
+  }
+  m = block_max(m, scratch);
+  const float scale = m > 0.0f ? m / kInt8Max : 1.0f;
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int64_t row = int64_t(group) * kFp8GroupRows + pass * kRowsPerPass + threadIdx.x / kLanes;
+    const float* e = x[pass];
     uint2 packed;
-    packed.x = e4m3x4(e[0] / scale, e[1] / scale, e[2] / scale, e[3] / scale);
-    packed.y = e4m3x4(e[4] / scale, e[5] / scale, e[6] / scale, e[7] / scale);
-    *reinterpret_cast<uint2*>(out + v * 8) = packed;
+    packed.x = int8x4(e[0] / scale, e[1] / scale, e[2] / scale, e[3] / scale);
+    packed.y = int8x4(e[4] / scale, e[5] / scale, e[6] / scale, e[7] / scale);
+    *reinterpret_cast<uint2*>((kKeys ? buf.k8 : buf.q8) + (int64_t(bh) * p.layout.rows + row) * D + c0) = packed;
   }
   if (threadIdx.x == 0) {
     if (!kKeys) {
@@ -196,38 +234,48 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Fp8QuantizeParams 
   }
 }
 
-// 4. One group of 64 padded key rows of V per CTA: scaled per channel, transposed through shared memory into V^T
-// rows (one per channel) of 64 keys in value_key_at order.
+// 4. One group of 64 padded key rows of V per CTA: scaled per channel and rounded to e4m3 as read (kLanesPerRow
+// lanes per row, into a row-major shared tile), then written transposed: V^T rows (one per channel) of 64 keys in
+// value_key_at order, each thread 32 keys of one channel (whole 32-byte sectors; the shared reads of a warp are 32
+// consecutive channels of one key, so bank-conflict free).
 template <int D>
 __global__ void __launch_bounds__(kThreads) values_kernel(const Fp8QuantizeParams p, Buffers buf) {
-  constexpr int kHalf = D / 2;
-  __shared__ __align__(16) uint8_t tile[D][kFp8GroupRows];
+  constexpr int kLanes = kLanesPerRow<D>, kRowsPerPass = kThreads / kLanes, kPasses = kFp8GroupRows / kRowsPerPass;
+  static_assert(kThreads == 2 * 128 && D <= 128, "the write phase takes one channel and 32 keys per thread");
+  __shared__ __align__(16) uint8_t tile[kFp8GroupRows][D];
   const int group = blockIdx.x, bh = blockIdx.y, b = bh / p.kv_heads, h = bh % p.kv_heads;
-  const int half = threadIdx.x % 2, key = threadIdx.x / 2;
-  const int64_t row = int64_t(group) * kFp8GroupRows + key;
-  const int64_t token = source_token(p, row, b, true);
-  const float* scale = buf.v_scale + int64_t(bh) * D + half * kHalf;
-  const int position = value_position_of(key % 32) + (key / 32) * 32;
+  const int lane = threadIdx.x % kLanes, c0 = lane * 8;
+  float inverse[8];
 #pragma unroll
-  for (int v = 0; v < kHalf / 8; ++v) {
+  for (int i = 0; i < 8; ++i) inverse[i] = 1.0f / buf.v_scale[int64_t(bh) * D + c0 + i];
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int key = pass * kRowsPerPass + threadIdx.x / kLanes;
+    const int64_t token = source_token(p, int64_t(group) * kFp8GroupRows + key, b, true);
     float e[8] = {};
-    if (token >= 0) load8(p.v, element_offset(p.v_strides, b, h, token) + half * kHalf + v * 8, p.is_fp16, e);
+    if (token >= 0) load8(p.v, element_offset(p.v_strides, b, h, token) + c0, p.is_fp16, e);
+    uint32_t w[4];
 #pragma unroll
-    for (int i = 0; i < 8; i += 2) {
-      const int c = half * kHalf + v * 8 + i;
-      const uint32_t two = __nv_cvt_float2_to_fp8x2(make_float2(e[i] / scale[v * 8 + i], e[i + 1] / scale[v * 8 + i + 1]),
-                                                    __NV_SATFINITE, __NV_E4M3);
-      tile[c][position] = uint8_t(two & 0xff);
-      tile[c + 1][position] = uint8_t(two >> 8);
-    }
+    for (int i = 0; i < 4; ++i)
+      w[i] = __nv_cvt_float2_to_fp8x2(make_float2(e[2 * i] * inverse[2 * i], e[2 * i + 1] * inverse[2 * i + 1]),
+                                      __NV_SATFINITE, __NV_E4M3);
+    *reinterpret_cast<uint2*>(&tile[key][c0]) = make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
   }
   __syncthreads();
-  uint8_t* out = buf.v8t + int64_t(bh) * D * p.layout.rows + int64_t(group) * kFp8GroupRows;
-  for (int i = threadIdx.x; i < D * kFp8GroupRows / 16; i += kThreads) {
-    const int c = i / (kFp8GroupRows / 16), chunk = i % (kFp8GroupRows / 16);
-    *reinterpret_cast<uint4*>(out + int64_t(c) * p.layout.rows + chunk * 16) =
-        *reinterpret_cast<const uint4*>(&tile[c][chunk * 16]);
+  const int c = threadIdx.x % 128, half = threadIdx.x / 128;  // channel; keys 32 half .. 32 half + 31
+  if (c >= D) return;
+  uint32_t bytes[8];
+#pragma unroll
+  for (int word = 0; word < 8; ++word) {
+    uint32_t x = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x |= uint32_t(tile[32 * half + value_key_at(4 * word + j)][c]) << (8 * j);
+    bytes[word] = x;
   }
+  uint4* out = reinterpret_cast<uint4*>(buf.v8t + (int64_t(bh) * D + c) * p.layout.rows +
+                                        int64_t(group) * kFp8GroupRows + 32 * half);
+  out[0] = make_uint4(bytes[0], bytes[1], bytes[2], bytes[3]);
+  out[1] = make_uint4(bytes[4], bytes[5], bytes[6], bytes[7]);
 }
 
 void check_launch(const char* what) {

@@ -1,5 +1,5 @@
 #pragma once
-// The e4m3 STA forward's workspace (host-only header: builds without CUDA size it too). What it holds and why:
+// The 8-bit STA forward's workspace (host-only header: builds without CUDA size it too): int8 Q and K, e4m3 V^T. What it holds and why:
 // docs/DESIGN.md "FP8 STA forward". Operands are in the padded tile-major row order: per (batch, head) `rows` rows,
 // first tiles * tile volume video rows (tile by tile, each tile's rows (t, h, w) with w fastest; rows past the video
 // edge are zeros), then the text; `rows` is rounded up so that any key block a plan can visit lies inside it.
@@ -11,8 +11,9 @@ namespace tileattn::kernels {
 
 inline constexpr int kFp8GroupRows = 64;        // rows sharing one Q or K scale (a consumer warpgroup's rows)
 inline constexpr int kFp8ScaleWindow = 4;       // K scales a key block reads (16 bytes, a bulk copy's unit); >= 192 / 64
-inline constexpr int kFp8StatisticsRows = 2048; // token rows per CTA of the K/V statistics pass
-inline constexpr float kE4m3Max = 448.0f;       // largest finite e4m3 value
+inline constexpr int kFp8StatisticsRows = 1024; // token rows per CTA of the statistics pass
+inline constexpr float kE4m3Max = 448.0f;       // largest finite e4m3 value (V, P)
+inline constexpr float kInt8Max = 127.0f;       // Q and K: symmetric int8, round to nearest even
 
 struct Fp8Workspace {
   int64_t video_rows = 0;  // tiles * tile volume
@@ -21,14 +22,17 @@ struct Fp8Workspace {
   int64_t chunks = 0;      // statistics chunks per (batch, kv head)
   int64_t q_bh = 0, kv_bh = 0, head_dim = 0;
   // Byte offsets.
-  int64_t q8 = 0, k8 = 0, v8t = 0;                 // e4m3 [q_bh][rows][d], [kv_bh][rows][d], [kv_bh][d][rows]
+  int64_t q8 = 0, k8 = 0, v8t = 0;                 // int8 [q_bh][rows][d], int8 [kv_bh][rows][d], e4m3 [kv_bh][d][rows]
   int64_t q_scale = 0;                             // fp32 [q_bh][groups]
   // fp32 [kv_bh][groups][kFp8ScaleWindow]: entry [g][i] is the scale of group g + i (1 past the last group), so a
   // key block starting at group g copies its scales with one aligned 16-byte bulk copy.
   int64_t k_scale = 0;
   int64_t v_scale = 0, k_mean = 0;                 // fp32 [kv_bh][d]
+  int64_t balance = 0;                             // fp32 [kv_bh][d]: q8 holds q / balance, k8 (k - k_mean) * balance
   int64_t lse_shift = 0;                           // fp32 [q_bh][rows]: softmax_scale * (q . k_mean)
-  int64_t k_sum_partial = 0, v_max_partial = 0;    // fp32 [kv_bh][chunks][d]
+  // fp32 [kv_bh][chunks][d] each: per statistics chunk, K's channel sums, maxima and minima (over the valid keys),
+  // max |V| (valid keys) and max |Q| (every query of the kv head's group of q heads).
+  int64_t k_sum_partial = 0, k_max_partial = 0, k_min_partial = 0, v_max_partial = 0, q_max_partial = 0;
   int64_t total = 0;
 };
 
@@ -60,9 +64,13 @@ inline Fp8Workspace fp8_workspace_layout(int64_t batch, int64_t q_heads, int64_t
   take(w.k_scale, bytes({w.kv_bh, w.groups, kFp8ScaleWindow, 4}));
   take(w.v_scale, bytes({w.kv_bh, head_dim, 4}));
   take(w.k_mean, bytes({w.kv_bh, head_dim, 4}));
+  take(w.balance, bytes({w.kv_bh, head_dim, 4}));
   take(w.lse_shift, bytes({w.q_bh, w.rows, 4}));
   take(w.k_sum_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
+  take(w.k_max_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
+  take(w.k_min_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
   take(w.v_max_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
+  take(w.q_max_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
   w.total = at;
   return w;
 }

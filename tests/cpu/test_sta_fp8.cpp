@@ -88,8 +88,8 @@ TEST(StaFp8, WorkspaceRowsHoldEveryBlockAPlanVisits) {
       EXPECT_LE(w.video_rows + ((text + 127) / 128) * 128, w.rows);     // the last text query block
     }
     // Offsets are 256-byte aligned (TMA and bulk copies) and in order.
-    for (int64_t off : {w.q8, w.k8, w.v8t, w.q_scale, w.k_scale, w.v_scale, w.k_mean, w.lse_shift, w.k_sum_partial,
-                        w.v_max_partial, w.total})
+    for (int64_t off : {w.q8, w.k8, w.v8t, w.q_scale, w.k_scale, w.v_scale, w.k_mean, w.balance, w.lse_shift,
+                        w.k_sum_partial, w.k_max_partial, w.k_min_partial, w.v_max_partial, w.q_max_partial, w.total})
       EXPECT_EQ(off % 256, 0);
     EXPECT_GE(w.k8 - w.q8, 2 * 4 * w.rows * 128);
   }

@@ -47,8 +47,10 @@ struct Case {
   float scale = 0.0f;
   Precision precision = Precision::native;
   // Inputs shaped like real DiT activations (SageAttention's observations): K with large per-channel offsets, Q and
-  // K with a few outlier channels. Otherwise standard normal.
+  // K with a few outlier channels, the same ones in both (logits of std ~20) or, with dit_disjoint, others in K.
+  // Otherwise standard normal.
   bool dit_like = false;
+  bool dit_disjoint = false;
 };
 
 inline std::ostream& operator<<(std::ostream& os, const Case& c) {
@@ -62,7 +64,7 @@ inline std::ostream& operator<<(std::ostream& os, const Case& c) {
   }
   return os << (c.layout == TokenLayout::tile_major ? " tile-major" : "") << (c.dtype == DType::fp16 ? " fp16" : " bf16")
             << (c.bshd ? " bshd" : "") << (c.precision == Precision::fp8 ? " precision fp8" : "")
-            << (c.dit_like ? " dit-like inputs" : "");
+            << (c.dit_like ? (c.dit_disjoint ? " dit-like inputs (disjoint outliers)" : " dit-like inputs") : "");
 }
 
 // One case per feature the kernels expose: exact and partial tiles, 1-tile axes, dense, text 1/77/256/333, per-head
@@ -146,7 +148,8 @@ class Problem {
     return bits;
   }
   // What random() gives for a tensor of the case: for dit_like inputs, Q and K (role 'q' / 'k') get channels
-  // 3, 17, 40 scaled by 10 and K a per-channel offset of N(0, 1) x 8 (the same for every token of a head).
+  // 3, 17, 40 scaled by 10 (K 5, 29, 61 with dit_disjoint) and K a per-channel offset of N(0, 1) x 8 (the same for
+  // every token of a head).
   std::vector<uint16_t> random_input(char role, int64_t heads, std::vector<float>& values) {
     std::vector<uint16_t> bits = random(heads, values);
     if (!c_.dit_like || role == 'v') return bits;
@@ -157,7 +160,9 @@ class Problem {
     for (size_t i = 0; i < values.size(); ++i) {
       const int64_t channel = int64_t(i) % d, bh = int64_t(i) / (tokens() * d);
       float x = values[i];
-      if (channel == 3 || channel == 17 || channel == 40) x *= 10.0f;
+      const bool other = role == 'k' && c_.dit_disjoint;
+      if (other ? (channel == 5 || channel == 29 || channel == 61) : (channel == 3 || channel == 17 || channel == 40))
+        x *= 10.0f;
       x += offset[bh * d + channel];
       bits[i] = detail::float_to_half_bits(x, c_.dtype);
       values[i] = detail::half_bits_to_float(bits[i], c_.dtype);

@@ -119,14 +119,17 @@ class StaForwardGpu : public ::testing::Test {
     c.precision = Precision::fp8;
     run_case(c, test_seed() * 1000003 + salt, fp8);
     if (HasFatalFailure()) return;
-    // Bounds are what these numerics give (H200, session 6: normal 0.043-0.054 / cos >= 0.9985; DiT-like inputs with
-    // outliers on the same channels of Q and K 0.15-0.25): the issue's 3e-2 / 0.999 is not met (docs/PERF.md).
+    // Bounds: what these numerics gave on the H200 (session 7: normal 0.033-0.039 / cos >= 0.99922, disjoint-outlier
+    // inputs 0.039-0.043 / 0.99906, same-channel outliers 0.033-0.058 / 0.99833, LSE within 0.01 / 0.17 / 1.4),
+    // with some margin; the CPU emulation agrees (it gives 0.037 on a 6000-key dense row too). The issue's 3e-2 is
+    // below the floor of e4m3 P and V (docs/DESIGN.md "The floor"); its cosine 0.999 is asserted on normal inputs.
     EXPECT_EQ(fp8.non_finite, 0) << c;
-    EXPECT_LE(fp8.rel_l2, c.dit_like ? 0.3 : 0.06) << c;
-    EXPECT_GE(fp8.cosine, c.dit_like ? 0.96 : 0.998) << c;
-    if (!c.dit_like) EXPECT_LT(fp8.lse_max_abs, 0.1) << c;
+    const bool shared = c.dit_like && !c.dit_disjoint;
+    EXPECT_LE(fp8.rel_l2, shared ? 0.065 : 0.048) << c;
+    EXPECT_GE(fp8.cosine, shared ? 0.998 : (c.dit_like ? 0.9988 : 0.999)) << c;
+    EXPECT_LT(fp8.lse_max_abs, c.dit_like ? (shared ? 1.8 : 0.3) : 0.03) << c;
     std::printf("  %-34s %-9s fp8: rel L2 %.2e cos %.6f LSE %.1e | native: rel L2 %.2e cos %.6f\n",
-                c.name.c_str(), c.dit_like ? "dit-like" : "normal", fp8.rel_l2, fp8.cosine, fp8.lse_max_abs,
+                c.name.c_str(), c.dit_like ? (shared ? "dit-same" : "dit-disj") : "normal", fp8.rel_l2, fp8.cosine, fp8.lse_max_abs,
                 native.rel_l2, native.cosine);
   }
 };
@@ -153,11 +156,11 @@ TEST_F(StaForwardGpu, HunyuanShapeOneHead) {
 
 TEST_F(StaForwardGpu, Fp8FixedShapes) {
   const std::vector<Case> cases = feature_cases();
-  for (bool dit : {false, true})
+  for (int kind = 0; kind < 3; ++kind)  // normal, DiT-like with the same outlier channels in Q and K, disjoint ones
     for (size_t i = 0; i < cases.size(); ++i) {
       Case c = cases[i];
-      c.dit_like = dit;
-      expect_fp8_matches_reference(c, 500 + i);
+      c.dit_like = kind > 0, c.dit_disjoint = kind == 2;
+      expect_fp8_matches_reference(c, 500 + 100 * kind + i);
     }
 }
 
@@ -165,14 +168,14 @@ TEST_F(StaForwardGpu, Fp8RandomizedShapes) {
   std::mt19937_64 rng(test_seed() + 7);
   for (int trial = 0; trial < 16; ++trial) {
     Case c = random_case(rng, "fp8 random #" + std::to_string(trial));
-    c.dit_like = trial % 2 == 1;
-    expect_fp8_matches_reference(c, 600 + trial);
+    c.dit_like = trial % 3 > 0, c.dit_disjoint = trial % 3 == 2;
+    expect_fp8_matches_reference(c, 900 + trial);
   }
 }
 
 TEST_F(StaForwardGpu, Fp8TextLengthsAtHunyuanTiles) {
   for (int64_t text : {0, 1, 100, 256, 512}) {
-    Case c{.name = "tile 6x8x8, text " + std::to_string(text), .q_heads = 2, .kv_heads = 1, .video = {12, 24, 40},
+    Case c{.name = "tile 6x8x8, text " + std::to_string(text), .q_heads = 2, .kv_heads = 1, .video = {18, 24, 40},
            .text_len = text, .windows = {{1, 3, 3}, {3, 3, 3}}, .dit_like = true};
     expect_fp8_matches_reference(c, 700 + text);
   }
@@ -257,13 +260,13 @@ TEST_F(StaForwardGpu, Fp8HunyuanScaleTiming) {
       a.q = {q, heads * n * d, n * d, d}, a.k = {k, heads * n * d, n * d, d}, a.v = {v, heads * n * d, n * d, d};
       const std::vector<Window> windows = {w};
       a.windows = windows;
+      a.out = {out_native, heads * n * d, n * d, d};
       StaForwardArgs f = a;
       f.precision = Precision::fp8;
+      f.out = {out_fp8, heads * n * d, n * d, d};
       f.workspace_bytes = sta_forward_workspace_bytes(f);
       if (workspace == nullptr) CUDA_OK(cudaMalloc(&workspace, f.workspace_bytes + (64 << 20)));
       f.workspace = workspace;
-      a.out = {out_native, heads * n * d, n * d, d};
-      f.out = {out_fp8, heads * n * d, n * d, d};
       std::vector<float> native_ms, fp8_ms;
       for (int round = 0; round < 7; ++round) {
         for (int which = 0; which < 2; ++which) {

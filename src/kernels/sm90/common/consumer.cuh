@@ -55,6 +55,7 @@ struct NativeOperands {
   static constexpr int kScores = kBlockN / 2;   // S elements per consumer thread
   static constexpr int kPacked = kScores / 2;   // 32-bit registers of P per thread
   static constexpr int kProbabilityLog2Scale = 0;  // probabilities are produced as 2^this * P
+  static constexpr int kLazyRescaleEighths = 0;    // rescale O whenever a row's maximum grows (softmax.cuh)
   using QK = typename MmaSS<Element, kBlockN>::Op;
   using PV = typename MmaRS<Element, kHeadDim>::Op;
 
@@ -102,7 +103,9 @@ struct ForwardConsumer {
   };
 
   // `tiles` says how many key blocks there are and masks the scores of each (tiles.mask(sm, stage, s) is called
-  // once per block, in order, before the block's K stage is released): StaKeyTiles or FgKeyTiles.
+  // once per block, in order, before the block's K stage is released): StaKeyTiles or FgKeyTiles. Tiles whose
+  // scores need more than the softmax scale (the 8-bit kernel's) also give tiles.score_scale(sm, stage, scale_log2)
+  // (softmax.cuh's UniformScoreScale shape), read before the stage is released.
   template <class Storage, class KeyTiles>
   static __device__ void consume(Storage& sm, KeyTiles& tiles, float scale_log2, int warpgroup, Result& out) {
     const bool lane0 = threadIdx.x % 32 == 0;
@@ -135,8 +138,15 @@ struct ForwardConsumer {
     uint32_t probs[kPacked];
 #pragma unroll
     for (int i = 0; i < kHeadDim / 2; ++i) out.o[i] = 0.0f;
-    OnlineSoftmax<kScores, Operands::kProbabilityLog2Scale> softmax(scale_log2);
+    using Softmax = OnlineSoftmax<kScores, Operands::kProbabilityLog2Scale, Operands::kLazyRescaleEighths>;
+    Softmax softmax;
     float correction[2];
+    auto score_scale = [&](int stage) {
+      if constexpr (requires { tiles.score_scale(sm, stage, scale_log2); })
+        return tiles.score_scale(sm, stage, scale_log2);
+      else
+        return UniformScoreScale{scale_log2};
+    };
 
     const int n = tiles.count();
     int stage = 0;
@@ -152,8 +162,9 @@ struct ForwardConsumer {
     wgmma_wait<0>();
     fence_registers(s);
     tiles.mask(sm, 0, s);
+    const auto first_scale = score_scale(0);
     release_k(&sm.k_empty[0]);
-    softmax.template update<true>(s, correction);
+    softmax.template update<true>(s, first_scale, correction);
     Operands::pack_probabilities(s, probs);
 
     for (int i = 1; i < n; ++i) {
@@ -175,13 +186,14 @@ struct ForwardConsumer {
       wgmma_wait<1>();  // S of block i is ready; PV of block i-1 may still run
       fence_registers(s);
       tiles.mask(sm, stage, s);
+      const auto block_scale = score_scale(stage);
       release_k(&sm.k_empty[stage]);
-      softmax.template update<false>(s, correction);
+      softmax.template update<false>(s, block_scale, correction);
       wgmma_wait<0>();
       fence_registers(out.o);
       fence_registers(probs);
       release(&sm.v_empty[prev_stage]);
-      scale_rows(out.o, correction);
+      if (Softmax::any_rescale(correction)) scale_rows(out.o, correction);
       Operands::pack_probabilities(s, probs);
     }
     mbarrier_wait(&sm.v_full[stage], phase);

@@ -75,10 +75,29 @@ TILEATTN_GMMA_E4M3(128)
 TILEATTN_GMMA_E4M3(192)
 #undef TILEATTN_GMMA_E4M3
 
+// int8 x int8 -> int32 (exact), k = 32 per instruction, both operands K-major: S = Q K^T of the 8-bit forward.
+template <int N>
+struct MmaS8SS;
+#define TILEATTN_GMMA_S8(N)                        \
+  template <>                                     \
+  struct MmaS8SS<N> {                             \
+    using Op = gmma::MMA_64x##N##x32_S32S8S8_SS_TN; \
+  };
+TILEATTN_GMMA_S8(64)
+TILEATTN_GMMA_S8(128)
+TILEATTN_GMMA_S8(192)
+#undef TILEATTN_GMMA_S8
+
 template <class Op, int N, size_t... I>
 __device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
                                        std::index_sequence<I...>) {
   Op::fma(a, b, d[I]..., scale);
+}
+// The same into int32 accumulators, held in the fp32 registers' bits (the caller converts them).
+template <class Op, int N, size_t... I>
+__device__ __forceinline__ void mma_ss_s32(uint64_t a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
+                                           std::index_sequence<I...>) {
+  Op::fma(a, b, reinterpret_cast<uint32_t&>(d[I])..., scale);
 }
 template <class Op, int N, size_t... I>
 __device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], std::index_sequence<I...>) {

@@ -1,12 +1,15 @@
 #pragma once
-// The e4m3 operands of the forward's two GEMMs (the sibling of common/consumer.cuh's NativeOperands): the shared
-// consumer runs unchanged on them. e4m3 wgmma (k = 32 per instruction) takes both shared-memory operands K-major:
+// The 8-bit operands of the forward's two GEMMs (the sibling of common/consumer.cuh's NativeOperands): the shared
+// consumer runs unchanged on them. S = Q K^T on int8 (exact int32 sums, converted to fp32 by the key tiles'
+// scaling, Fp8StaKeyTiles), O += P V on e4m3. 8-bit wgmma (k = 32 per instruction) takes both shared-memory operands
+// K-major:
 //  - Q and K rows are head_dim bytes, one swizzle atom wide (128B swizzle for head dim 128, 64B for 64);
 //  - V is stored transposed (head-dim rows of keys) in atoms of 64 keys (64B swizzle), its keys permuted within
 //    each run of 32 (the pre-pass writes it so) such that P packs from the S accumulator with no data exchange:
 //    a thread holds S columns {2t, 2t+1, 8+2t, 9+2t} (+16) of each 32-column slice (AccFragment), and the 8-bit A
 //    operand takes k positions {4t .. 4t+3} (+16) in that order (CuTe's ALayout_64x32).
-//  - Probabilities are produced as 256 P (kProbabilityLog2Scale), using e4m3's range rather than [0, 1].
+//  - Probabilities are produced as 64 P (kProbabilityLog2Scale), using e4m3's range rather than [0, 1], and a
+//    row's maximum is raised lazily (kLazyRescaleEighths), which skips most rescalings of O.
 #include <cuda_fp8.h>
 
 #include "kernels/sm90/common/consumer.cuh"
@@ -16,7 +19,7 @@
 namespace tileattn::sm90 {
 
 template <int HeadDim>
-__device__ __forceinline__ uint64_t e4m3_row_desc(uint32_t addr) {
+__device__ __forceinline__ uint64_t byte_row_desc(uint32_t addr) {
   if constexpr (HeadDim == 128)
     return smem_desc_k_major(addr);
   else
@@ -29,14 +32,16 @@ struct Fp8Operands {
   static constexpr int kBlockN = Cfg::kBlockN;
   static constexpr int kScores = kBlockN / 2;
   static constexpr int kPacked = kScores / 4;  // four e4m3 probabilities per 32-bit register
-  static constexpr int kProbabilityLog2Scale = 8;
+  // Probabilities are produced as 2^6 P and may reach 2^(6 + 2.75) < 448 (e4m3's largest) under lazy rescaling.
+  static constexpr int kProbabilityLog2Scale = 6;
+  static constexpr int kLazyRescaleEighths = 22;
   static constexpr int kQueryTileBytes = kernels::kQueryBlockRows * kHeadDim;
   static constexpr int kKeyTileBytes = kBlockN * kHeadDim;
   static constexpr int kValueAtomKeys = 64;
   static constexpr int kValueAtomBytes = kHeadDim * kValueAtomKeys;  // head_dim rows x 64 keys
   static_assert(kHeadDim == 64 || kHeadDim == 128, "e4m3 rows are one 64B or 128B swizzle atom");
   static_assert(kBlockN % kValueAtomKeys == 0, "key blocks are whole V^T atoms");
-  using QK = typename MmaE4m3SS<kBlockN>::Op;
+  using QK = typename MmaS8SS<kBlockN>::Op;
   using PV = typename MmaE4m3RS<kHeadDim>::Op;
 
   template <class Storage>
@@ -46,7 +51,7 @@ struct Fp8Operands {
   static __device__ __forceinline__ void gemm_qk(uint32_t q_rows, uint32_t k_tile, float (&s)[kScores]) {
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 32; ++kk)  // 32 bytes of K per instruction, inside the swizzled row
-      mma_ss<QK>(e4m3_row_desc<kHeadDim>(q_rows + kk * 32), e4m3_row_desc<kHeadDim>(k_tile + kk * 32), s,
+      mma_ss_s32<QK>(byte_row_desc<kHeadDim>(q_rows + kk * 32), byte_row_desc<kHeadDim>(k_tile + kk * 32), s,
                  kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One, std::make_index_sequence<kScores>{});
   }
   static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kPacked], uint32_t v_tile,

@@ -1,7 +1,7 @@
 #pragma once
-// The e4m3 STA forward for Hopper: the bf16 kernel's structure (sta/sta_fwd_kernel.cuh: the same scheduler, window
-// walk, masks, shared consumer and epilogue), on the pre-pass's e4m3 copies (fp8_workspace.hpp), which are in the
-// padded tile-major row order: every query and key block is a run of consecutive rows, one 3D TMA box.
+// The 8-bit STA forward for Hopper: the bf16 kernel's structure (sta/sta_fwd_kernel.cuh: the same scheduler, window
+// walk, masks, shared consumer and epilogue), on the pre-pass's int8 Q / K and e4m3 V^T copies (fp8_workspace.hpp),
+// in the padded tile-major row order: every query and key block is a run of consecutive rows, one 3D TMA box.
 //  Producer: Q tile, V's channel scales and (for the LSE) the rows' smoothing shifts with the Q barrier; then per
 //  key block its K rows and their scales (one barrier), and its V^T atoms.
 //  Consumers: Fp8Operands' GEMMs; scores scaled by softmax scale x Q scale x K scale before the softmax; O scaled
@@ -97,27 +97,41 @@ struct StaFp8Producer {
   }
 };
 
-// The consumers' view of the plan: the bf16 kernel's (StaKeyTiles: which blocks, which masked), with the scores
-// first brought to log2 units: softmax scale x this warpgroup's Q scale x the K scale of each 64 key rows.
-template <int kBlockN>
+// The int32 scores of a block: per 64 key rows (one K scale each) x = s * softmax scale * q scale * k scale, in log2
+// units. mask() turns each int32 s into the float 1.5 * 2^23 + s (one integer add: for |s| < 2^22 the sum's
+// mantissa holds s exactly, and the order of the values is kept, so the row maximum works on them), and
+// score_scale() folds the -1.5 * 2^23 into each group's offset: x = (1.5 * 2^23 + s) c - 1.5 * 2^23 c, one FMA in
+// the softmax, whose rounding of the offset costs about one unit of s (the int8 products' own error is ~100).
+template <int Groups>
+struct GroupScoreScale {
+  static constexpr int kGroups = Groups;
+  float c[kGroups];
+  __device__ __forceinline__ float scale(int g) const { return c[g]; }
+  __device__ __forceinline__ float offset(int g) const { return -12582912.0f * c[g]; }
+};
+
+template <int kBlockN, int kHeadDim>
 struct Fp8StaKeyTiles : StaKeyTiles<kBlockN> {
+  static_assert(kHeadDim * 127 * 127 < (1 << 22), "int8 dot products must stay below 2^22 in magnitude");
+  static constexpr int kGroups = kBlockN / kernels::kFp8GroupRows;
   using Base = StaKeyTiles<kBlockN>;
-  using Fragment = AccFragment<kBlockN>;
   float q_scale_log2;
 
   __device__ __forceinline__ Fp8StaKeyTiles(const StaFp8KernelParams& p, const QueryBlock& q, float q_scale_log2_)
       : Base(p.base, q), q_scale_log2(q_scale_log2_) {}
   template <class Storage>
   __device__ __forceinline__ void mask(Storage& sm, int stage, float (&s)[Base::kScores]) {
-    // Scale before masking: a masked score must end as -inf, not -inf x 0.
-    constexpr int kRegsPerGroup = Fragment::kRegs / (kBlockN / kernels::kFp8GroupRows);
+    constexpr int kMagic = 0x4B400000;  // the bits of 1.5 * 2^23
 #pragma unroll
-    for (int g = 0; g < kBlockN / kernels::kFp8GroupRows; ++g) {
-      const float c = q_scale_log2 * sm.k_scale[stage][g];
+    for (int e = 0; e < Base::kScores; ++e) s[e] = __int_as_float(__float_as_int(s[e]) + kMagic);
+    Base::mask(sm, stage, s);  // masked keys: -inf
+  }
+  template <class Storage>
+  __device__ __forceinline__ GroupScoreScale<kGroups> score_scale(Storage& sm, int stage, float) const {
+    GroupScoreScale<kGroups> sc;
 #pragma unroll
-      for (int e = g * kRegsPerGroup; e < (g + 1) * kRegsPerGroup; ++e) s[e] *= c;
-    }
-    Base::mask(sm, stage, s);
+    for (int g = 0; g < kGroups; ++g) sc.c[g] = q_scale_log2 * sm.k_scale[stage][g];
+    return sc;
   }
 };
 
@@ -143,8 +157,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_fp8_forward_kernel(const
     const int q_bh = fp8_q_bh(p, q);
     const float q_scale = p.fp8.q_scale[int64_t(q_bh) * p.fp8.groups + q.row / kernels::kFp8GroupRows + wg];
     typename Consumer::Result r;
-    Fp8StaKeyTiles<Cfg::kBlockN> tiles(p, q, p.base.attention.scale_log2 * q_scale);
-    Consumer::consume(sm, tiles, 1.0f, wg, r);  // scores arrive in log2 units: the softmax scale is 1
+    Fp8StaKeyTiles<Cfg::kBlockN, Cfg::kHeadDim> tiles(p, q, p.base.attention.scale_log2 * q_scale);
+    Consumer::consume(sm, tiles, 1.0f, wg, r);  // the softmax scale is in the tiles' score_scale
     // consume waited on q_full: V's channel scales and the LSE shifts are in shared memory.
 #pragma unroll
     for (int e = 0; e < Fragment::kRegs; ++e) r.o[e] *= sm.v_scale[Fragment::col(e)];
