@@ -10,12 +10,17 @@ Methods (keys "<method>_step_ms"):
   makes SDPA take its masked path).
 - dense_cudnn_unmasked: every self-attention call as cuDNN SDPA without the padding mask (the fastest dense).
 - tileattn_sta_<w>: tileattn.diffusers.enable_sta(window=w); tileattn_sta_calibrated: per-head windows from a strategy.
+- tileattn_sta_<w>_fp8: the same with precision="fp8" (int8 Q K^T, e4m3 P V; the CPU emulation on CPU tensors), also
+  compared with the bf16 method of the same window ("<method>_vs_bf16_rel_l2").
 - flex_sta_3x3x3 (HunyuanVideo; its 30x48x80 grid is whole tiles): FlexAttention with the STA block mask, q/k/v
   permuted to tile-major and back in every call (what a pipeline using it pays); it ignores the text padding.
 - attention_free: every self-attention call returns zeros (the floor no attention method can beat).
 - tileattn_sta_full: a window wider than the grid (clamped: every tile), which must equal dense to rounding.
 - With --cache: diffusers' FirstBlockCache with STA 3x3x3 over --cache-steps steps, its mean step time against
   dense_default (no cache).
+- With --denoise-steps N: N real denoising steps (diffusers' FlowMatchEulerDiscreteScheduler, the scheduler of the
+  HunyuanVideo and Wan pipelines) from the same latent with bf16 STA 3x3x3, FP8 STA 3x3x3 and the first dense method
+  listed, where listed; the final latents' relative L2 ("final_latent_rel_l2_<a>_vs_<b>").
 The 50-step projection is 50 x the step time. Correctness in the same run: the output of each method against
 dense_default (relative L2), on the same inputs.
 """
@@ -176,6 +181,41 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def denoise(model, inputs, device, available, methods, steps):
+    """`steps` denoising steps with diffusers' FlowMatchEulerDiscreteScheduler from the same latent, as the
+    HunyuanVideo / Wan pipelines run them (timestep = t.expand(batch)), for bf16 STA 3x3x3, FP8 STA 3x3x3 and the
+    first dense method among `methods`; returns the final latents' relative L2 between them and each loop's time."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    names = [m for m in ("dense_cudnn_unmasked", "dense_default") if m in methods][:1] + \
+        [m for m in ("tileattn_sta_3x3x3", "tileattn_sta_3x3x3_fp8") if m in methods]
+    finals, res = {}, {"denoise_steps": steps, "denoise_scheduler": "FlowMatchEulerDiscreteScheduler"}
+    for m in names:
+        install, remove = available[m]
+        scheduler = FlowMatchEulerDiscreteScheduler()
+        scheduler.set_timesteps(steps, device=device)
+        latents = inputs["hidden_states"].clone()
+        h = install()  # a fresh handle: its step counter starts at the first timestep
+        total = 0.0
+        try:
+            for t in scheduler.timesteps:
+                step_inputs = dict(inputs, hidden_states=latents,
+                                   timestep=t.expand(latents.shape[0]).to(inputs["timestep"].dtype))
+                ms, out = timed_step(model, step_inputs, device)
+                total += ms
+                latents = scheduler.step(out, t, latents, return_dict=False)[0]
+        finally:
+            remove(h)
+        finals[m] = latents.float().cpu()
+        res[f"{m}_denoise_total_ms"] = total
+        print(f"  denoise {m}: {steps} steps in {total:.1f} ms", flush=True)
+    short = {"tileattn_sta_3x3x3": "bf16_sta_3x3x3", "tileattn_sta_3x3x3_fp8": "fp8_sta_3x3x3"}
+    for a, b in (("tileattn_sta_3x3x3_fp8", "tileattn_sta_3x3x3"), ("tileattn_sta_3x3x3", names[0]),
+                 ("tileattn_sta_3x3x3_fp8", names[0])):
+        if a in finals and b in finals and a != b:
+            res[f"final_latent_rel_l2_{short[a]}_vs_{short.get(b, 'dense')}"] = rel(finals[a], finals[b])
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["hunyuan", "wan"], default="hunyuan")
@@ -189,6 +229,8 @@ def main():
     ap.add_argument("--cache", action="store_true", help="also FirstBlockCache + STA vs dense without cache")
     ap.add_argument("--cache-steps", type=int, default=6)
     ap.add_argument("--cache-threshold", type=float, default=0.05)
+    ap.add_argument("--denoise-steps", type=int, default=0,
+                    help="also N scheduler steps with bf16 and FP8 STA 3x3x3 (and dense), final latents compared")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -205,9 +247,9 @@ def main():
     print(f"{args.model}: {n_layers} self-attention layers, video {video}, built in {time.time() - t0:.1f} s",
           flush=True)
 
-    def sta(window=None, strategy=None):
+    def sta(window=None, strategy=None, precision=None):
         def install():
-            return ta.enable_sta(model, window=window, strategy=strategy, tile=tile, strict=True)
+            return ta.enable_sta(model, window=window, strategy=strategy, tile=tile, strict=True, precision=precision)
         return install, lambda h: ta.disable_sta(model)
 
     def handler(fn):
@@ -223,6 +265,8 @@ def main():
         "tileattn_sta_full": sta(window=(999, 999, 999)),  # clamped to the grid: must equal dense
         "tileattn_sta_3x3x3": sta(window=(3, 3, 3)),
         "tileattn_sta_5x5x5": sta(window=(5, 5, 5)),
+        "tileattn_sta_3x3x3_fp8": sta(window=(3, 3, 3), precision="fp8"),
+        "tileattn_sta_5x5x5_fp8": sta(window=(5, 5, 5), precision="fp8"),
         "attention_free": handler(attention_free),
     }
     if not args.tiny:
@@ -265,6 +309,9 @@ def main():
         res[f"{m}_50_steps_s"] = round(50 * t[len(t) // 2] / 1e3, 1)
         res[f"{m}_vs_dense_default_rel_l2"] = rel(outputs[m], outputs["dense_default"]) \
             if "dense_default" in outputs else None
+        bf16 = m[:-len("_fp8")] if m.endswith("_fp8") else None
+        if bf16 in outputs:
+            res[f"{m}_vs_bf16_rel_l2"] = rel(outputs[m], outputs[bf16])
     base = res.get("dense_default_step_ms")
     best = res.get("dense_cudnn_unmasked_step_ms")
     for m in methods:
@@ -297,6 +344,9 @@ def main():
             res["tileattn_sta_3x3x3_first_block_cache_speedup_vs_dense_default"] = round(base / mean, 3)
         print(f"  STA 3x3x3 + FirstBlockCache: {mean:.1f} ms per step over {len(timesteps)} steps: {step_ms}",
               flush=True)
+
+    if args.denoise_steps > 0:
+        res.update(denoise(model, inputs, device, available, methods, args.denoise_steps))
 
     print(json.dumps({k: v for k, v in res.items() if not k.endswith("_all")}, indent=1))
     if args.json:

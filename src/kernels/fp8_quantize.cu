@@ -73,8 +73,9 @@ __device__ int64_t source_token(const Fp8QuantizeParams& p, int64_t row, int b, 
     if (p.tile_major) return row;  // whole tiles: the padded order is the input's order
     const detail::TileGrid& g = p.grid;
     const int volume = g.tile_t * g.tile_h * g.tile_w;
-    const detail::TileCoord tile = g.tile_coord(int(row / volume));
-    const detail::TileCoord in = g.row_in_tile(int(row % volume));
+    const int r = int(row);  // rows per (batch, head) fit in int (the tokens limit, checked.hpp): 32-bit division
+    const detail::TileCoord tile = g.tile_coord(r / volume);
+    const detail::TileCoord in = g.row_in_tile(r % volume);
     const int t = tile.t * g.tile_t + in.t, h = tile.h * g.tile_h + in.h, w = tile.w * g.tile_w + in.w;
     if (t >= p.video_t || h >= p.video_h || w >= p.video_w) return -1;
     return (int64_t(t) * p.video_h + h) * p.video_w + w;
@@ -183,10 +184,13 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Fp8QuantizeParams 
   const int b = bh / heads, h = bh % heads;
   const int kv_bh = b * p.kv_heads + (kKeys ? h : h / (p.q_heads / p.kv_heads));
   const int lane = threadIdx.x % kLanes, c0 = lane * 8;
-  float mean[8], balance[8];
+  float mean[8], balance[8];  // for Q: 1 / balance (multiplications in the loop, not divisions)
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
-    mean[i] = buf.k_mean[int64_t(kv_bh) * D + c0 + i], balance[i] = buf.balance[int64_t(kv_bh) * D + c0 + i];
+  for (int i = 0; i < 8; ++i) {
+    mean[i] = buf.k_mean[int64_t(kv_bh) * D + c0 + i];
+    const float bal = buf.balance[int64_t(kv_bh) * D + c0 + i];
+    balance[i] = kKeys ? bal : 1.0f / bal;
+  }
   float x[kPasses][8];
   float m = 0.0f;
 #pragma unroll
@@ -206,19 +210,20 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Fp8QuantizeParams 
     }
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      x[pass][i] = kKeys ? (token >= 0 ? (e[i] - mean[i]) * balance[i] : 0.0f) : e[i] / balance[i];
+      x[pass][i] = kKeys ? (token >= 0 ? (e[i] - mean[i]) * balance[i] : 0.0f) : e[i] * balance[i];
       m = fmaxf(m, fabsf(x[pass][i]));
     }
   }
   m = block_max(m, scratch);
-  const float scale = m > 0.0f ? m / kInt8Max : 1.0f;
+  const float scale = m > 0.0f ? m / kInt8Max : 1.0f, inverse = kInt8Max / m;  // |x * inverse| <= 127 (1 ulp)
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     const int64_t row = int64_t(group) * kFp8GroupRows + pass * kRowsPerPass + threadIdx.x / kLanes;
     const float* e = x[pass];
+    const float u = m > 0.0f ? inverse : 0.0f;
     uint2 packed;
-    packed.x = int8x4(e[0] / scale, e[1] / scale, e[2] / scale, e[3] / scale);
-    packed.y = int8x4(e[4] / scale, e[5] / scale, e[6] / scale, e[7] / scale);
+    packed.x = int8x4(e[0] * u, e[1] * u, e[2] * u, e[3] * u);
+    packed.y = int8x4(e[4] * u, e[5] * u, e[6] * u, e[7] * u);
     *reinterpret_cast<uint2*>((kKeys ? buf.k8 : buf.q8) + (int64_t(bh) * p.layout.rows + row) * D + c0) = packed;
   }
   if (threadIdx.x == 0) {
