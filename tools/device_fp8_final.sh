@@ -10,19 +10,7 @@ export LD_LIBRARY_PATH=$bin PYTHONUNBUFFERED=1 TILEATTN_LIBRARY=$bin/libtileattn
 echo "=== pre-pass $(date +%T)"
 timeout 60 ncu --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
   "$bin/tileattn" bench --windows 3x3x3 --precision fp8 --warmup 0 --reps 1 2>/dev/null > /tmp/durations.csv
-python3 - <<'PY' | tee "$OUT/prepass.txt"
-import csv, io
-lines = open("/tmp/durations.csv").read().splitlines()
-start = next((i for i, l in enumerate(lines) if l.startswith('"ID"')), None)
-rows = [] if start is None else list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
-total = 0.0
-for r in rows:
-    if not r.get("ID", "").isdigit() or "fill_random" in r["Kernel Name"]: continue
-    us = float(r["gpu__time_duration.sum"].replace(",", "")) / 1e3
-    total += us
-    print(f"{r['Kernel Name'][:60]:<60} {us:>9.1f} us")
-print(f"{'total':<60} {total:>9.1f} us")
-PY
+python3 tools/ncu_fp8_report.py /tmp/durations.csv | tee "$OUT/prepass.txt"
 echo "=== e2e $(date +%T)"
 E2E_ROUNDS=1 E2E_TIMEOUT=${2:-260} OUT=$OUT tools/device_e2e.sh hunyuan-fp8
 echo "=== peers $(date +%T)"

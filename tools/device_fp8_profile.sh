@@ -40,24 +40,5 @@ timeout 200 ncu --clock-control none --section SpeedOfLight --section ComputeWor
   --section SchedulerStats --section InstructionStats -k regex:sta_fp8_forward -c 1 --csv --page raw \
   "$bin/tileattn" bench --windows 3x3x3 --precision fp8 --warmup 0 --reps 1 > "$OUT/ncu_fp8.csv" 2>/dev/null
 echo "ncu rc=$?"
-python3 - "$OUT" <<'PY' | tee "$OUT/ncu_summary.txt"
-import csv, io, sys
-def rows(path):
-    lines = open(path).read().splitlines()
-    start = next((i for i, l in enumerate(lines) if l.startswith('"ID"')), None)
-    return [] if start is None else list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
-total = 0.0
-for r in rows(sys.argv[1] + "/ncu_durations.csv"):
-    if not r.get("ID", "").isdigit(): continue
-    us = float(r["gpu__time_duration.sum"].replace(",", "")) / 1e3
-    total += us
-    print(f"{r['Kernel Name'][:70]:<70} {us:>10.1f} us")
-print(f"{'total':<70} {total:>10.1f} us")
-for r in rows(sys.argv[1] + "/ncu_fp8.csv"):
-    if not r.get("ID", "").isdigit(): continue
-    for k, v in r.items():
-        if any(t in k for t in ("stalled", "pipe_", "inst_executed_pipe", "throughput", "issue_active", "cycles_elapsed.avg",
-                                "duration")) and v not in ("", "n/a"):
-            print(f"{k[:90]:<90} {v}")
-PY
+python3 tools/ncu_fp8_report.py "$OUT/ncu_durations.csv" "$OUT/ncu_fp8.csv" | tee "$OUT/ncu_summary.txt"
 echo "=== done $(date +%T)"

@@ -35,12 +35,6 @@ struct AccFragment {
   // may be a run-time index (the dQ workspace order, bwd/mainloop.cuh).
   static __device__ __forceinline__ int pair_row(int i, int t = thread()) { return row0(t) + 8 * (i & 1); }
   static __device__ __forceinline__ int pair_col(int i, int t = thread()) { return 8 * (i >> 1) + lane_col(t); }
-
-  // This thread's part of each row's maximum, starting from m (the quad_max of it is the row's maximum).
-  static __device__ __forceinline__ void thread_row_max(const float (&s)[kRegs], float (&m)[2]) {
-#pragma unroll
-    for (int e = 0; e < kRegs; ++e) m[row_half(e)] = fmaxf(m[row_half(e)], s[e]);
-  }
 };
 
 // Reductions of one row over the 4 threads of its quad.

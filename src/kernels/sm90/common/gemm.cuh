@@ -55,24 +55,17 @@ TILEATTN_GMMA_TRANSPOSED(32)
 TILEATTN_GMMA_TRANSPOSED(64)
 #undef TILEATTN_GMMA_TRANSPOSED
 
-// e4m3 x e4m3 -> fp32, k = 32 per instruction; both operands K-major (the only form 8-bit wgmma has): S = Q K^T
-// (SS) and O += P V (RS, V stored transposed).
-template <int N>
-struct MmaE4m3SS;
+// e4m3 x e4m3 -> fp32, k = 32 per instruction; both operands K-major (the only form 8-bit wgmma has):
+// O += P V of the 8-bit forward (P from registers, V stored transposed; N = head_dim).
 template <int N>
 struct MmaE4m3RS;
-#define TILEATTN_GMMA_E4M3(N)                                     \
-  template <>                                                    \
-  struct MmaE4m3SS<N> {                                          \
-    using Op = gmma::MMA_64x##N##x32_F32E4M3E4M3_SS_TN<>;        \
-  };                                                             \
-  template <>                                                    \
-  struct MmaE4m3RS<N> {                                          \
-    using Op = gmma::MMA_64x##N##x32_F32E4M3E4M3_RS_TN<>;        \
+#define TILEATTN_GMMA_E4M3(N)                              \
+  template <>                                             \
+  struct MmaE4m3RS<N> {                                   \
+    using Op = gmma::MMA_64x##N##x32_F32E4M3E4M3_RS_TN<>; \
   };
 TILEATTN_GMMA_E4M3(64)
 TILEATTN_GMMA_E4M3(128)
-TILEATTN_GMMA_E4M3(192)
 #undef TILEATTN_GMMA_E4M3
 
 // int8 x int8 -> int32 (exact), k = 32 per instruction, both operands K-major: S = Q K^T of the 8-bit forward.
