@@ -119,14 +119,15 @@ bool launch_masses(const Problem& pr, int64_t h0, int64_t heads, float* mass, bo
     auto* partial = reinterpret_cast<float2*>(pr.ws(pr.layout.partial));
     auto* lse = reinterpret_cast<float*>(pr.ws(pr.layout.lse));
     const int64_t pooled_rows = a.q_heads * pr.nq(), row0 = h0 * pr.nq(), rows = heads * pr.nq();
-    if (pr.shape.key_group == 1) {
-      const size_t smem = 2 * KTile<D>::kBytes;
-      set_smem(fused_mass_kernel<T, D, true>, smem);
-      fused_mass_kernel<T, D, true><<<grid, kScoreThreads, smem, pr.stream>>>(mp, partial, pooled_rows);
-    } else {
-      const size_t smem = 2 * KTile<D>::kBytes + sizeof(float) * kBM * (kBN + 1 + kGroupStride + 1);
-      set_smem(fused_mass_kernel<T, D, false>, smem);
-      fused_mass_kernel<T, D, false><<<grid, kScoreThreads, smem, pr.stream>>>(mp, partial, pooled_rows);
+    auto launch = [&](auto kernel, GroupPath path) {
+      const size_t smem = fused_mass_smem_bytes<D>(path);
+      set_smem(kernel, smem);
+      kernel<<<grid, kScoreThreads, smem, pr.stream>>>(mp, partial, pooled_rows);
+    };
+    switch (group_path(pr.shape.key_group)) {
+      case GroupPath::single: launch(fused_mass_kernel<T, D, GroupPath::single>, GroupPath::single); break;
+      case GroupPath::registers: launch(fused_mass_kernel<T, D, GroupPath::registers>, GroupPath::registers); break;
+      case GroupPath::shared: launch(fused_mass_kernel<T, D, GroupPath::shared>, GroupPath::shared); break;
     }
     check(cudaGetLastError(), "fused_mass_kernel");
     combine_kernel<<<grid_for(rows, 256), 256, 0, pr.stream>>>(partial + row0, mp.splits, rows, pooled_rows, 0.0f,
@@ -197,8 +198,9 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
     if (target) {
       check(cudaMemsetAsync(sp.head_state, 0, sizeof(DynHeadState) * heads, pr.stream), "cudaMemsetAsync");
       check(cudaMemsetAsync(sp.head_hist, 0, sizeof(DynHeadHist) * heads, pr.stream), "cudaMemsetAsync");
+      const dim3 hist_grid(unsigned((nq + kTargetHistRows - 1) / kTargetHistRows), unsigned(heads));
       for (int level = 0; level < 3; ++level) {
-        target_hist_kernel<<<unsigned(rows), kSelThreads, bitmap, pr.stream>>>(sp, level);
+        target_hist_kernel<<<hist_grid, kSelThreads, bitmap, pr.stream>>>(sp, level);
         target_scan_kernel<<<unsigned(heads), kSelThreads, 0, pr.stream>>>(sp, level);
       }
       target_ties_kernel<<<unsigned(rows), kSelThreads, bitmap, pr.stream>>>(sp);

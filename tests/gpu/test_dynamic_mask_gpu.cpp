@@ -590,8 +590,8 @@ MaskCase random_case(std::mt19937_64& rng, const std::string& name) {
   c.dtype = r(0, 3) ? DType::bf16 : DType::fp16;
   c.tokens = r(0, 3) ? r(100, 2000) : r(1, 99);
   c.M = int64_t{16} << r(0, 3);
-  const int64_t groups[] = {1, 1, 2, 3, 7, 8, 16, 31, 64, 100, 128, 300};
-  c.N = r(0, 4) ? groups[r(0, 11)] : r(1, 300);
+  const int64_t groups[] = {1, 1, 2, 3, 7, 8, 16, 31, 32, 64, 100, 128, 300};
+  c.N = r(0, 4) ? groups[r(0, 12)] : r(1, 300);
   c.scale = r(0, 3) ? 0.0f : float(u(0.02, 0.15));
   c.sharpness = float(u(0.3, 2.0));
   c.bshd = r(0, 3) == 0;
@@ -671,6 +671,13 @@ TEST_F(DynamicMaskGpu, EdgeShapes) {
   add("capacity 3, top_p", [](MaskCase& c) { c.capacity = 3, c.N = 4; });
   add("capacity 2 < diagonal groups, top_k", [](MaskCase& c) { c.capacity = 2, c.M = 128, c.N = 16, c.sel.rule = SelectionRule::top_k, c.sel.k = 4; });
   add("capacity 5, target, text", [](MaskCase& c) { c.capacity = 5, c.N = 2, c.sel.rule = SelectionRule::target_sparsity, c.sel.always_keep_text = true, c.sel.text_len = 64; });
+  // The one-pass estimate's register group sums (batch 1, N = 8, 16, 32, 64): several key splits, a partial last
+  // key tile and, for N > 8, a partial last group (2003 = 31 * 64 + 19).
+  for (int64_t n : {8, 16, 32, 64})
+    add("register groups N=" + std::to_string(n), [&](MaskCase& c) {
+      c.tokens = 2003, c.N = n, c.M = 32, c.q_heads = 2, c.sel.rule = SelectionRule(n / 8 % 4);
+      c.sel.k = 9, c.sel.p = 0.7, c.sel.target_sparsity = 0.7, c.sel.threshold = 1.0 / double(c.shape().num_key_groups());
+    });
   add("batch 2 BSHD, scale", [](MaskCase& c) { c.batch = 2, c.bshd = true, c.scale = 0.05f, c.tokens = 1234, c.N = 9; });
   // Tied masses: every key is one of three vectors, so groups of the same composition have bit-identical masses
   // and the cut-off falls inside runs of ties (taken by lower index; target_sparsity: by query block, then group).

@@ -50,7 +50,10 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool v
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+template <int kPending>  // wait until at most kPending of this thread's committed copy groups are in flight
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -147,19 +150,31 @@ __device__ __forceinline__ void tile_scores(float (&acc)[2][8][4], const uint32_
     }
 }
 
-// Tile i of a double-buffered stream of keys [key_begin, key_end): waits until it has landed (and every thread is
-// done with tile i - 1's stage), starts loading tile i + 1 into the other stage, and returns tile i's scores.
-template <DType T, int D>
+// A stream of keys [key_begin, key_end) in 64-key tiles through kStages shared-memory stages: kStages - 1 tiles
+// are in flight while one is multiplied (the score work per tile is short next to an L2 round trip).
+// Starts the stream: tiles 0 .. kStages - 2, one commit group each (empty past the end, so counts stay uniform).
+template <int D, int kStages>
+__device__ __forceinline__ void start_tile_stream(uint16_t* k_smem, const uint16_t* kbase, int64_t token_stride,
+                                                  int ntiles, int key_begin, int key_end) {
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < ntiles) load_k_tile<D>(k_smem + s * KTile<D>::kElems, kbase, token_stride, key_begin + s * kBN, key_end);
+    cp_async_commit();
+  }
+}
+// Tile i: waits until it has landed (and every thread is done with tile i - 1's stage), starts loading tile
+// i + kStages - 1 into that stage, and returns tile i's scores.
+template <DType T, int D, int kStages>
 __device__ __forceinline__ void stream_tile_scores(float (&acc)[2][8][4], const uint32_t (&a)[2][D / 16][4],
                                                    uint16_t* k_smem, const uint16_t* kbase, int64_t token_stride,
                                                    int i, int ntiles, int key_begin, int key_end) {
-  cp_async_wait_all();
+  cp_async_wait<kStages - 2>();
   __syncthreads();
-  if (i + 1 < ntiles) {
-    load_k_tile<D>(k_smem + ((i + 1) & 1) * KTile<D>::kElems, kbase, token_stride, key_begin + (i + 1) * kBN, key_end);
-    cp_async_commit();
-  }
-  tile_scores<T, D>(acc, a, smem_u32(k_smem) + (i & 1) * KTile<D>::kBytes);
+  const int next = i + kStages - 1;
+  if (next < ntiles)
+    load_k_tile<D>(k_smem + (next % kStages) * KTile<D>::kElems, kbase, token_stride, key_begin + next * kBN, key_end);
+  cp_async_commit();
+  tile_scores<T, D>(acc, a, smem_u32(k_smem) + (i % kStages) * KTile<D>::kBytes);
 }
 
 // Row (mt, hh) of the thread's scores -> x = score * scale_log2 (log2 domain), -inf where element (nt, e) is no key
@@ -229,11 +244,10 @@ __global__ void __launch_bounds__(kScoreThreads) stats_kernel(StatsParams p) {
   for (int i = 0; i < 2; ++i) m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0.0f;
 
   const int ntiles = (key_end - key_begin + kBN - 1) / kBN;
-  load_k_tile<D>(k_smem, kbase, p.k_token_stride, key_begin, key_end);
-  cp_async_commit();
+  start_tile_stream<D, 2>(k_smem, kbase, p.k_token_stride, ntiles, key_begin, key_end);
   for (int i = 0; i < ntiles; ++i) {
     float acc[2][8][4];
-    stream_tile_scores<T, D>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
+    stream_tile_scores<T, D, 2>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
     const int lim = key_end - (key_begin + i * kBN) - 2 * t;  // element (nt, e) is a key iff nt * 8 + e < lim
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -406,11 +420,10 @@ __global__ void __launch_bounds__(kScoreThreads) mass_kernel(MassParams p) {
     float carry = 0.0f;  // !kSingle: row threadIdx.x's partial sum of a group that continues in the next tile
 
     __syncthreads();  // the previous batch element's last tile is done with both stages
-    load_k_tile<D>(k_smem, kbase, p.k_token_stride, key_begin, key_end);
-    cp_async_commit();
+    start_tile_stream<D, 2>(k_smem, kbase, p.k_token_stride, ntiles, key_begin, key_end);
     for (int i = 0; i < ntiles; ++i) {
       float acc[2][8][4];
-      stream_tile_scores<T, D>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
+      stream_tile_scores<T, D, 2>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
       const int t0 = key_begin + i * kBN, t1 = min(t0 + kBN, key_end);
       const int lim = t1 - t0 - 2 * t;
 #pragma unroll
@@ -464,21 +477,59 @@ __global__ void __launch_bounds__(kScoreThreads) mass_kernel(MassParams p) {
 
 // ---- 2 + 3 in one pass (batch 1) ----
 
+// How the one-pass kernel sums a row's probabilities into groups of N keys.
+enum class GroupPath {
+  single,     // N = 1: L = x, straight from registers
+  registers,  // N = 8, 16, 32, 64: groups are whole 8-key columns of a tile, summed across the quad by shuffles
+  shared,     // any other N: through shared memory, thread r summing row r's groups in key order
+};
+inline GroupPath group_path(int64_t key_group) {
+  if (key_group == 1) return GroupPath::single;
+  if (key_group == 8 || key_group == 16 || key_group == 32 || key_group == 64) return GroupPath::registers;
+  return GroupPath::shared;
+}
+// Shared-memory stages of the one-pass kernel's key stream: only the shared path keeps probability tiles too.
+constexpr int fused_stages(GroupPath path) { return path == GroupPath::shared ? 2 : 4; }
+template <int D>
+size_t fused_mass_smem_bytes(GroupPath path) {
+  size_t bytes = size_t(fused_stages(path)) * KTile<D>::kBytes;
+  if (path == GroupPath::shared) bytes += sizeof(float) * kBM * (kBN + 1 + kGroupStride + 1);
+  return bytes;
+}
+
+// Row (mt, hh)'s probabilities summed over the quad, transposed so that thread t ends with the sums over the
+// tile's key columns [16t, 16t + 8) and [16t + 8, 16t + 16) (6 shuffles for 8 column sums).
+__device__ __forceinline__ void quad_column_sums(const float (&acc)[2][8][4], int mt, int hh, float (&half)[2]) {
+  const int t = threadIdx.x & 3;
+  const bool upper = t & 2, odd = t & 1;
+  float v[8], w[4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) v[nt] = acc[mt][nt][2 * hh] + acc[mt][nt][2 * hh + 1];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)  // keep columns 4 * (t >> 1) + j, hand the partner (t ^ 2) the others
+    w[j] = (upper ? v[4 + j] : v[j]) + __shfl_xor_sync(0xffffffffu, upper ? v[j] : v[4 + j], 2);
+#pragma unroll
+  for (int j = 0; j < 2; ++j)  // keep columns 2t + j
+    half[j] = (odd ? w[2 + j] : w[j]) + __shfl_xor_sync(0xffffffffu, odd ? w[j] : w[2 + j], 1);
+}
+
 // Batch 1: the statistics and the masses from one score pass. Grid (row tiles, kv heads of the pass, key splits of
 // whole groups, as mass_kernel; the splits are fixed by the problem, not by heads_per_pass). Per row the CTA keeps an
 // online max m (quad-uniform: the four threads of a quad hold the same rows) and sum of 2^(x - m) over its split and
 // writes them as partials for combine_kernel; per group it writes L = log2(sum over the group's keys of 2^x) where
-// the masses go, and mass_from_log_kernel turns L into 2^(L - lse) once the LSE is known. kSingle (N = 1): L = x.
-// Otherwise each tile's probabilities are taken relative to the rows' running max (row_ref), thread r sums row r's
-// groups in key order in that reference (a group carried from the previous tile is rescaled to it) and completes a
-// group as L = ref + log2(sum). Each group is still summed in key order whatever the splits.
-template <DType T, int D, bool kSingle>
+// the masses go, and mass_from_log_kernel turns L into 2^(L - lse) once the LSE is known. Each tile's probabilities
+// are taken relative to the rows' running max m, and a group completes as L = m + log2(sum); GroupPath says how
+// the sums are formed. Either way a group's sum does not depend on the splits (splits and tiles start on group
+// boundaries, and the shared path carries a group across tiles, rescaled to the next tile's m).
+template <DType T, int D, GroupPath kPath>
 __global__ void __launch_bounds__(kScoreThreads) fused_mass_kernel(MassParams p, float2* partial,
                                                                    int64_t pooled_rows) {
+  constexpr bool kSingle = kPath == GroupPath::single, kShared = kPath == GroupPath::shared;
+  constexpr int kStages = fused_stages(kPath);
   extern __shared__ __align__(128) uint16_t k_smem[];
-  float* probs = reinterpret_cast<float*>(k_smem + 2 * KTile<D>::kElems);  // [kBM][kBN + 1]
-  float* sums = probs + kBM * (kBN + 1);                                    // [kBM][kGroupStride]
-  float* row_ref = sums + kBM * kGroupStride;                               // [kBM]: the tile's reference max
+  float* probs = reinterpret_cast<float*>(k_smem + kStages * KTile<D>::kElems);  // kShared: [kBM][kBN + 1]
+  float* sums = probs + kBM * (kBN + 1);                                          // kShared: [kBM][kGroupStride]
+  float* row_ref = sums + kBM * kGroupStride;                                     // kShared: [kBM], the tile's m
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const auto [hfirst, kvh, rows, r0, mass_rows] = mass_cta(p);
   const auto [key_begin, key_end, ntiles] = key_split(p);
@@ -491,13 +542,12 @@ __global__ void __launch_bounds__(kScoreThreads) fused_mass_kernel(MassParams p,
 #pragma unroll
   for (int i = 0; i < 2; ++i) m_run[i][0] = m_run[i][1] = -INFINITY, l_run[i][0] = l_run[i][1] = 0.0f;
   const uint16_t* kbase = p.k + kvh * p.k_head_stride;
-  float carry = 0.0f, carry_ref = 0.0f;  // !kSingle: row threadIdx.x's open group: its sum and that sum's reference
+  float carry = 0.0f, carry_ref = 0.0f;  // kShared: row threadIdx.x's open group: its sum and that sum's reference
 
-  load_k_tile<D>(k_smem, kbase, p.k_token_stride, key_begin, key_end);
-  cp_async_commit();
+  start_tile_stream<D, kStages>(k_smem, kbase, p.k_token_stride, ntiles, key_begin, key_end);
   for (int i = 0; i < ntiles; ++i) {
     float acc[2][8][4];
-    stream_tile_scores<T, D>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
+    stream_tile_scores<T, D, kStages>(acc, a, k_smem, kbase, p.k_token_stride, i, ntiles, key_begin, key_end);
     const int t0 = key_begin + i * kBN, t1 = min(t0 + kBN, key_end);
     const int lim = t1 - t0 - 2 * t;  // element (nt, e) is a key iff nt * 8 + e < lim
 #pragma unroll
@@ -519,7 +569,7 @@ __global__ void __launch_bounds__(kScoreThreads) fused_mass_kernel(MassParams p,
           }
         l_run[mt][hh] = l_run[mt][hh] * ex2(m_run[mt][hh] - mn) + sum;
         m_run[mt][hh] = mn;
-        if (!kSingle && t == 0) row_ref[warp * 32 + mt * 16 + g + 8 * hh] = mn;
+        if (kShared && t == 0) row_ref[warp * 32 + mt * 16 + g + 8 * hh] = mn;
       }
 
     if constexpr (kSingle) {
@@ -535,6 +585,32 @@ __global__ void __launch_bounds__(kScoreThreads) fused_mass_kernel(MassParams p,
 #pragma unroll
             for (int e = 0; e < 2; ++e)
               if (nt * 8 + e < lim) dst[nt * 8 + e] = acc[mt][nt][2 * hh + e];  // L = x
+        }
+    } else if constexpr (kPath == GroupPath::registers) {
+      // Groups of the tile: N / 8 columns each. Thread t's two column sums make groups 2t, 2t + 1 (N = 8), group t
+      // (N = 16), or half / a quarter of group t / 2 (N = 32) or 0 (N = 64), completed by one or two more shuffles.
+      const int group0 = t0 / N;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          float half[2];
+          quad_column_sums(acc, mt, hh, half);
+          float s = half[0] + half[1];
+          if (N >= 32) s += __shfl_xor_sync(0xffffffffu, s, 1);
+          if (N == 64) s += __shfl_xor_sync(0xffffffffu, s, 2);
+          const int row = warp * 32 + mt * 16 + g + 8 * hh;
+          if (r0 + row >= rows) continue;  // after the shuffles, which every lane joins
+          float* dst = mass_rows + int64_t(row) * p.ng;
+          const float ref = m_run[mt][hh];
+          if (N == 8) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+              if (t0 + 16 * t + 8 * j < key_end) dst[group0 + 2 * t + j] = ref + log2f(half[j]);
+          } else {
+            const int per = N / 16, gi = group0 + t / per;  // threads per group: 1, 2 or 4
+            if (t % per == 0 && int64_t(gi) * N < key_end) dst[gi] = ref + log2f(s);  // log2(0) = -inf: mass 0
+          }
         }
     } else {
       store_tile(probs, acc);

@@ -16,6 +16,7 @@ namespace {
 using u64 = unsigned long long;
 
 constexpr int kSelThreads = 256, kSelWarps = kSelThreads / 32;
+constexpr int kTargetHistRows = 8;  // target_hist_kernel: query blocks (rows of one head) per CTA
 constexpr uint32_t kForcedBit = 1u << 30;  // priority key: always-kept groups above every other group
 constexpr uint32_t kAllTies = 0xffffffffu;
 constexpr uint32_t kIneligible = 0xffffffffu;  // a cached key: the group is not eligible (keys never have bit 31)
@@ -70,6 +71,7 @@ struct RowView {
   float lse;
   int ng, key_group, tokens, diag_first, diag_last, text_first;
   bool density;
+  float inverse_group;  // 1 / key_group when that is a power of two (then m * it == m / key_group exactly), else 0
 
   __device__ int group_size(int g) const { return int(min(int64_t(key_group), int64_t(tokens) - int64_t(g) * key_group)); }
   // The priority key of an eligible group: float bits of the mass (target_sparsity: of mass / group size), bit 30
@@ -88,7 +90,10 @@ struct RowView {
     if ((g >= diag_first && g <= diag_last) || g >= text_first)
       k = __float_as_uint(m) | kForcedBit;
     else
-      k = __float_as_uint(density ? __fdiv_rn(m, float(group_size(g))) : m);
+      k = __float_as_uint(!density ? m
+                          : inverse_group != 0.0f && (g + 1) * int64_t(key_group) <= tokens
+                              ? m * inverse_group  // a full group, power-of-two size: exact, no division
+                              : __fdiv_rn(m, float(group_size(g))));
     return true;
   }
 };
@@ -353,6 +358,7 @@ __device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitma
   RowView v;
   v.mass = p.mass + row * p.ng;
   v.ng = p.ng, v.key_group = p.key_group, v.tokens = p.tokens, v.density = density;
+  v.inverse_group = (p.key_group & (p.key_group - 1)) == 0 ? 1.0f / float(p.key_group) : 0.0f;
   v.bitmap = nullptr;
   v.keys = nullptr;
   v.from_log = p.lse != nullptr;
@@ -450,47 +456,61 @@ __global__ void __launch_bounds__(kSelThreads) select_rows_kernel(SelectParams p
 // ---- target_sparsity: per-head weighted radix select over mass per key ----
 
 // Level `level`: each row adds its other eligible groups (keys starting with the head's prefix) to the head's
-// histogram, weighted by pairs; level 0 also counts the always-kept groups' pairs.
+// histogram, weighted by pairs; level 0 also counts the always-kept groups' pairs. Grid (chunks of
+// kTargetHistRows query blocks, heads of the pass): a CTA sums its rows in shared memory and adds them to the head's
+// histogram once, so the head's bins take kTargetHistRows times fewer global atomics.
 __global__ void __launch_bounds__(kSelThreads) target_hist_kernel(SelectParams p, int level) {
-  __shared__ uint32_t cnt[kBins];
+  __shared__ uint32_t cnt[kBins];           // the current row's counts
+  __shared__ uint32_t cta_count[kBins];     // the CTA's rows: counts and weights, flushed to the head once
+  __shared__ u64 cta_weight[kBins];
   __shared__ u64 scratch[kSelWarps];
   __shared__ int last_bin;  // the bin of the last group (the one that may be short), -1: not counted
   extern __shared__ uint32_t window_bits[];
-  const int64_t row = blockIdx.x;
-  const int hl = int(row / p.nq), qb = int(row % p.nq);
+  const int hl = int(blockIdx.y);
   DynHeadState& st = p.head_state[hl];
   if (st.mode != 0) return;  // decided at an earlier level
   const uint32_t prefix = st.prefix;
-  const RowView v = setup_row(p, row, window_bits, true);
   const int nb = level == 0 ? kBins : 1024, shift = kShift[level], up = shift + kBits[level];
-  for (int i = threadIdx.x; i < nb; i += kSelThreads) cnt[i] = 0;
-  if (threadIdx.x == 0) last_bin = -1;
-  __syncthreads();
-  u64 forced = 0;
-  for_each_key(v, [&](int g, uint32_t key, float) {
-    if (key >= kForcedBit) {
-      forced += v.group_size(g);
-      return;
-    }
-    if ((key >> up) != prefix) return;
-    const int bin = int(key >> shift) & (nb - 1);
-    add_count(cnt, bin);
-    if (g == v.ng - 1) last_bin = bin;
-  });
-  __syncthreads();
-  // A bin's weight (key positions): key_group per group, less what the last group lacks.
-  const u64 short_by = u64(p.key_group - v.group_size(v.ng - 1));
-  const u64 qs = u64(query_block_size(p, qb));
+  for (int i = threadIdx.x; i < nb; i += kSelThreads) cta_count[i] = 0, cta_weight[i] = 0;
+  u64 cta_forced = 0;  // thread 0's sum of the rows' forced pairs
+  const int qb_end = min(p.nq, int(blockIdx.x + 1) * kTargetHistRows);
+  for (int qb = int(blockIdx.x) * kTargetHistRows; qb < qb_end; ++qb) {
+    const int64_t row = int64_t(hl) * p.nq + qb;
+    const RowView v = setup_row(p, row, window_bits, true);
+    for (int i = threadIdx.x; i < nb; i += kSelThreads) cnt[i] = 0;
+    if (threadIdx.x == 0) last_bin = -1;
+    __syncthreads();
+    u64 forced = 0;
+    for_each_key(v, [&](int g, uint32_t key, float) {
+      if (key >= kForcedBit) {
+        forced += v.group_size(g);
+        return;
+      }
+      if ((key >> up) != prefix) return;
+      const int bin = int(key >> shift) & (nb - 1);
+      add_count(cnt, bin);
+      if (g == v.ng - 1) last_bin = bin;
+    });
+    __syncthreads();
+    // A bin's weight (key positions): key_group per group, less what the last group lacks. Each thread owns its
+    // bins of the CTA's totals, so no atomics.
+    const u64 short_by = u64(p.key_group - v.group_size(v.ng - 1));
+    const u64 qs = u64(query_block_size(p, qb));
+    for (int i = threadIdx.x; i < nb; i += kSelThreads)
+      if (cnt[i] != 0) {
+        cta_count[i] += cnt[i];
+        cta_weight[i] += qs * (u64(cnt[i]) * u64(p.key_group) - (i == last_bin ? short_by : 0));
+      }
+    if (level == 0) cta_forced += qs * block_sum<u64>(forced, scratch);  // block_sum synchronises
+    __syncthreads();  // the next row's setup rewrites cnt and the window bits
+  }
   DynHeadHist& h = p.head_hist[hl];
   for (int i = threadIdx.x; i < nb; i += kSelThreads)
-    if (cnt[i] != 0) {
-      atomicAdd(&h.count[i], cnt[i]);
-      atomicAdd(&h.weight[i], qs * (u64(cnt[i]) * u64(p.key_group) - (i == last_bin ? short_by : 0)));
+    if (cta_count[i] != 0) {
+      atomicAdd(&h.count[i], cta_count[i]);
+      atomicAdd(&h.weight[i], cta_weight[i]);
     }
-  if (level == 0) {
-    const u64 f = block_sum<u64>(forced, scratch);
-    if (threadIdx.x == 0 && f != 0) atomicAdd(&st.forced_pairs, qs * f);
-  }
+  if (level == 0 && threadIdx.x == 0 && cta_forced != 0) atomicAdd(&st.forced_pairs, cta_forced);
 }
 
 // One CTA per head: the bin of level `level` in which the head's pairs reach the budget.
