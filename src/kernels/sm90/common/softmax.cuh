@@ -36,6 +36,9 @@ struct OnlineSoftmax {
   static constexpr int kChains = 4;
   // Registers come in fours (two columns of each row half, AccFragment): consecutive fours feed different chains.
   static __device__ __forceinline__ constexpr int chain(int e) { return (e / 4) % kChains; }
+  // Whether register e (counted from the start of its run of 16) is the first of its (row half, chain): the chains
+  // start from it rather than from -inf or 0, which the compiler cannot fold away (NaN and -0 rules).
+  static __device__ __forceinline__ constexpr bool starts_chain(int e) { return e < 16 && e % 2 == 0; }
   float row_max[2];  // running max of each row, in log2 units
   float row_sum[2];  // this thread's part of each row's running sum of exp2
 
@@ -45,7 +48,7 @@ struct OnlineSoftmax {
   template <bool kFirst, class ScoreScale>
   __device__ __forceinline__ void update(float (&s)[kScores], const ScoreScale& sc, float (&correction)[2]) {
     constexpr int kGroups = ScoreScale::kGroups, kPerGroup = kScores / kGroups;
-    static_assert(kScores % kGroups == 0, "score groups are equal runs of registers");
+    static_assert(kScores % kGroups == 0 && kPerGroup % 16 == 0, "score groups are equal runs of 16k registers");
     // Maxima and sums in kChains independent chains per row: one warp per scheduler cannot hide a 48-long chain of
     // dependent 4-cycle instructions, and the scores' column order does not matter.
     float block_max[2] = {-INFINITY, -INFINITY};
@@ -53,10 +56,10 @@ struct OnlineSoftmax {
     for (int g = 0; g < kGroups; ++g) {
       float m[2][kChains];
 #pragma unroll
-      for (int c = 0; c < kChains; ++c) m[0][c] = m[1][c] = -INFINITY;
-#pragma unroll
-      for (int e = g * kPerGroup; e < (g + 1) * kPerGroup; ++e)
-        m[Fragment::row_half(e)][chain(e)] = fmaxf(m[Fragment::row_half(e)][chain(e)], s[e]);
+      for (int e = g * kPerGroup; e < (g + 1) * kPerGroup; ++e) {
+        float& chain_max = m[Fragment::row_half(e)][chain(e)];
+        chain_max = starts_chain(e - g * kPerGroup) ? s[e] : fmaxf(chain_max, s[e]);
+      }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float x = m[r][0];
@@ -83,12 +86,13 @@ struct OnlineSoftmax {
     for (int g = 0; g < kGroups; ++g)
 #pragma unroll
       for (int r = 0; r < 2; ++r) offset[g][r] = sc.offset(g) - bias[r];
-    float sums[2][kChains] = {};
+    float sums[2][kChains];
 #pragma unroll
     for (int e = 0; e < kScores; ++e) {
       const int g = e / kPerGroup, r = Fragment::row_half(e);
       s[e] = fast_exp2(fmaf(s[e], sc.scale(g), offset[g][r]));
-      sums[r][chain(e)] += s[e];
+      float& chain_sum = sums[r][chain(e)];
+      chain_sum = starts_chain(e) ? s[e] : chain_sum + s[e];
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
