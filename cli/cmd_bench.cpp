@@ -210,9 +210,9 @@ struct BenchTensors {
       : tokens(setup.geo.num_tokens()), head_dim(o.head_dim), q_elems(o.batch * o.heads * tokens * head_dim),
         kv_elems(o.batch * setup.kv_heads * tokens * head_dim), q(q_elems * 2), k(kv_elems * 2), v(kv_elems * 2),
         out(q_elems * 2), lse(o.batch * o.heads * tokens * 4) {
-    detail::fill_random_device(q.ptr, q_elems, setup.dtype, 1, 1.0f, stream);
-    detail::fill_random_device(k.ptr, kv_elems, setup.dtype, 2, 1.0f, stream);
-    detail::fill_random_device(v.ptr, kv_elems, setup.dtype, 3, 1.0f, stream);
+    detail::fill_random_device(q.ptr, q_elems, setup.dtype, 1, o.amplitude, stream);
+    detail::fill_random_device(k.ptr, kv_elems, setup.dtype, 2, o.amplitude, stream);
+    detail::fill_random_device(v.ptr, kv_elems, setup.dtype, 3, o.amplitude, stream);
   }
   DeviceTensor tensor(void* p, int64_t heads) const {
     return {p, heads * tokens * head_dim, tokens * head_dim, head_dim};
@@ -406,6 +406,9 @@ Action add_bench_command(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "bf16 or fp16")->capture_default_str();
   cmd->add_option("--layout", o->layout, "natural or tile-major")->capture_default_str();
   cmd->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str();
+  cmd->add_option("--amplitude", o->amplitude, "q, k, v uniform in [-a, a] (1.7 gives unit variance)")
+      ->check(CLI::Range(1e-3, 100.0))
+      ->capture_default_str();
   cmd->add_option("--reps", o->reps, "timed runs (median reported)")->capture_default_str();
   cmd->add_flag("--backward", o->backward, "also time the backward (fast and deterministic dQ modes)");
   cmd->add_option("--precision", o->precision, "the STA forward's precision: native or fp8 (int8 Q K^T, e4m3 "

@@ -44,6 +44,7 @@ struct BenchOptions {
   int64_t warmup = 3;
   int64_t reps = 10;
   bool backward = false;       // also time the backward (fast dQ mode), and the deterministic mode
+  float amplitude = 1.0f;  // q, k, v uniform in [-amplitude, amplitude] (1.7: unit variance, like normed DiT q/k)
   std::string precision = "native";  // the STA forward's: native or fp8 (forward only, not with --backward / --fg)
   std::string json_path;
   // --fg: time the FG-Attn forward on synthetic GPU masks instead of the STA kernel (lists are comma-separated).

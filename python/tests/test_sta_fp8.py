@@ -15,8 +15,10 @@ DIT = [c for c in REPORT_CASES if c.dit is not None]
 DISJOINT = [c for c in DIT if c.dit == "disjoint"]
 # What the spec's numerics reach (the report's error budget: V's e4m3 rounding ~0.026 and P's ~0.018 dominate, int8
 # Q and K ~0.007 each on normal inputs); a scale, group, mask, smoothing or balance mistake costs far more than these
-# margins. The LSE of the "shared" cases (logits of std ~20) is off by ~3% of the logits.
-BOUNDS = {"normal": dict(rel_l2=0.045, cosine=0.999, lse_max=0.03, lse_rms=0.008),
+# margins. The LSE of the "shared" cases (logits of std ~20) is off by ~3% of the logits. The row sums are those of
+# the e4m3-rounded probabilities (the kernel's P x ones GEMM, session 10), which puts the normal cases' LSE at up to
+# 0.030 / rms 0.008 (0.015 / 0.006 with fp32 sums of the unrounded values) while O's error fell slightly.
+BOUNDS = {"normal": dict(rel_l2=0.045, cosine=0.999, lse_max=0.04, lse_rms=0.01),
           "disjoint": dict(rel_l2=0.045, cosine=0.999, lse_max=0.25, lse_rms=0.05),
           "shared": dict(rel_l2=0.055, cosine=0.9985, lse_max=0.9, lse_rms=0.3)}
 
@@ -50,6 +52,22 @@ def test_smoothing_matters_for_offset_keys(case):
     smoothed, raw = compare(case), compare(case, smooth_k=False)
     print(f"{case.name}: rel L2 smoothed {smoothed['rel_l2']:.4f}, not smoothed {raw['rel_l2']:.4f}")
     assert raw["rel_l2"] >= 1.4 * smoothed["rel_l2"], (smoothed, raw)
+
+
+@pytest.mark.parametrize("case", NORMAL[:2], ids=ids(NORMAL[:2]))
+def test_smoothing_matters_for_offset_values(case):
+    """V with a large mean per channel (3 + N(0, 1)): smoothed, V's e4m3 scale covers only its spread, and the mean
+    comes back exactly (a row's weights sum to 1); unsmoothed, the rounding of the mean swamps the spread."""
+    q, k, v, plan, text_valid = fp8.case_inputs(case)
+    v = v + 3.0
+    ref = fp8.exact_sta_attention(q, k, v, plan, text_valid) - 3.0
+    errs = {}
+    for smooth_v in (True, False):
+        out = fp8.sta_attention_fp8_reference(q, k, v, plan, text_valid, smooth_v=smooth_v).double() - 3.0
+        errs[smooth_v] = ((out - ref).norm() / ref.norm()).item()   # relative to what attention adds to the mean
+    print(f"{case.name}: rel L2 of O - 3, smoothed {errs[True]:.4f}, not smoothed {errs[False]:.4f}")
+    assert errs[True] <= BOUNDS["normal"]["rel_l2"], errs
+    assert errs[False] >= 2.0 * errs[True], errs
 
 
 @pytest.mark.parametrize("case", DISJOINT, ids=ids(DISJOINT))

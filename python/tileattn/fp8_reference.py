@@ -88,8 +88,8 @@ def _scale(q: torch.Tensor, scale: Optional[float]) -> float:
 
 def sta_attention_fp8_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
                                 text_valid: Optional[torch.Tensor] = None, return_lse: bool = False,
-                                scale: Optional[float] = None, *, smooth_k: bool = True, balance: bool = True,
-                                rounded: str = "qkvp"):
+                                scale: Optional[float] = None, *, smooth_k: bool = True, smooth_v: bool = True,
+                                balance: bool = True, rounded: str = "qkvp"):
     """The FP8 STA forward (docs/DESIGN.md "FP8 STA forward"), emulated: q [B, Hq, S, D], k/v [B, Hkv, S, D] in the
     natural token order of `plan` (a tileattn.StaPlan), any float dtype (computed in fp32). Returns O in q's dtype
     (and the fp32 natural-log LSE [B, Hq, S] if return_lse).
@@ -98,11 +98,12 @@ def sta_attention_fp8_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     text_valid), invalid keys zeros; per channel the balance b = sqrt(max|q| / max|k - m_k|) (max over every query
     of the kv head's q heads and over the valid keys; 1 where either is 0), Q divided and K multiplied by it (no
     product q . k changes). Then over the padded tile-major rows (padded_rows): Q and K in 64-row groups, one scale
-    max|x| / 127 each, rounded to int8; V one scale per channel (max over valid keys / 448), rounded to e4m3.
-    Scores (q8 . k8) s_q s_k in fp32 (the int8 products are exact), times softmax_scale * log2(e); probabilities
-    produced as 2^6 P = exp2(x - max + 6), rounded to e4m3 for the PV product, their row sums l taken in fp32 before
-    rounding; O = (P8 v8) s_v / l; LSE = (max + log2(l) - 6) ln 2 + softmax_scale (q . m_k), q unquantized, which
-    undoes the smoothing.
+    max|x| / 127 each, rounded to int8; V smoothed by m_v = its mean over the valid keys, one scale per channel
+    (max |v - m_v| over valid keys / 448), rounded to e4m3. Scores (q8 . k8) s_q s_k in fp32 (the int8 products are
+    exact), times softmax_scale * log2(e); probabilities produced as 2^6 P = exp2(x - max + 6), rounded to e4m3 for
+    the PV product, their row sums l taken over those rounded values (the kernel's P x ones GEMM);
+    O = (P8 v8) s_v / l + m_v (the rows' weights sum to 1, so the smoothing is undone exactly);
+    LSE = (max + log2(l) - 6) ln 2 + softmax_scale (q . m_k), q unquantized, which undoes K's smoothing.
 
     One difference from the kernel: the softmax here uses each row's final maximum, where the kernel's online
     softmax quantizes each key block's probabilities against a running maximum (raised lazily, so probabilities
@@ -110,7 +111,8 @@ def sta_attention_fp8_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     in rounding (and in which tiny probabilities fall below e4m3's smallest subnormal, 2^-9 of 2^6).
 
     Knobs that are not what the kernel does, for the tests and the error budget (--report): smooth_k=False skips
-    the K smoothing (m_k = 0) and balance=False the channel balance (b = 1), to show what each buys; `rounded` lists
+    the K smoothing (m_k = 0), smooth_v=False V's (m_v = 0) and balance=False the channel balance (b = 1), to show
+    what each buys; `rounded` lists
     the operands rounded ("qkvp": all; "" keeps every scale and shift but rounds nothing, which must then equal the
     exact attention).
     """
@@ -155,20 +157,24 @@ def sta_attention_fp8_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     q8 = rnd(qb / s_q, "q")
     s_k = _group_scales(ks, group, groups)
     k8 = rnd(ks / s_k, "k")
-    # V: one scale per channel over the valid keys.
-    vs = vf * valid
+    # V: smoothed over the valid keys, one scale per channel.
+    if smooth_v:
+        m_v = (vf * valid).sum(2, keepdim=True) / valid.sum(2, keepdim=True)     # [B, Hkv, 1, D]
+    else:
+        m_v = torch.zeros(batch, kv_heads, 1, head_dim)
+    vs = (vf - m_v) * valid
     v_max = vs.abs().amax(2, keepdim=True)                                       # [B, Hkv, 1, D]
     s_v = torch.where(v_max > 0, v_max / E4M3_MAX, torch.ones_like(v_max))
     v8 = rnd(vs / s_v, "v")
 
-    k8, s_k, v8, s_v, m_k = (t.repeat_interleave(g, 1) for t in (k8, s_k, v8, s_v, m_k))
+    k8, s_k, v8, s_v, m_k, m_v = (t.repeat_interleave(g, 1) for t in (k8, s_k, v8, s_v, m_k, m_v))
     softmax_scale = _scale(q, scale)
     x = (q8 @ k8.transpose(-1, -2)) * (s_q * s_k.transpose(-1, -2)) * (softmax_scale * math.log2(math.e))
     x = x.masked_fill(~_visible(plan, batch, text_valid), -math.inf)
     row_max = x.amax(-1, keepdim=True)                                           # every query sees >= 1 key
-    p = torch.exp2(x - row_max + P_SHIFT)
-    l = p.sum(-1, keepdim=True)
-    out = (rnd(p, "p") @ v8) * s_v / l
+    p8 = rnd(torch.exp2(x - row_max + P_SHIFT), "p")
+    l = p8.sum(-1, keepdim=True)
+    out = (p8 @ v8) * s_v / l + m_v
     out = out.to(q.dtype)
     if not return_lse:
         return out

@@ -2,10 +2,10 @@
 // call's stream:
 //  1. statistics: per (batch, kv head) and chunk of tokens, K's sum / max / min and max |V| of each channel over the
 //     valid keys, max |Q| over the queries (fixed chunks and a fixed reduction order: the same result run to run);
-//  2. finish: K's channel means, V's channel scales and the Q / K channel balance from the chunks;
+//  2. finish: K's and V's channel means, V's channel scales and the Q / K channel balance from the chunks;
 //  3. rows: Q (and K, smoothed by its means), balanced, in groups of 64 padded rows, one scale per group, int8 rows
 //     written in the padded tile-major order; for Q also the LSE shift softmax_scale * (q . mean K) of each row;
-//  4. values: V scaled per channel, transposed to head-dim rows of keys, the keys of each 32 in value_key_at order.
+//  4. values: V less its channel means, scaled per channel, transposed to head-dim rows of keys, the keys of each 32 in value_key_at order.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -27,8 +27,8 @@ constexpr int kLanesPerRow = D / 8;
 
 struct Buffers {
   uint8_t *q8, *k8, *v8t;
-  float *q_scale, *k_scale, *v_scale, *k_mean, *balance, *lse_shift;
-  float *k_sum, *k_max, *k_min, *v_max, *q_max;  // statistics partials
+  float *q_scale, *k_scale, *v_scale, *k_mean, *v_mean, *balance, *lse_shift;
+  float *k_sum, *k_max, *k_min, *v_sum, *v_max, *v_min, *q_max;  // statistics partials
 };
 
 Buffers buffers_of(const Fp8QuantizeParams& p) {
@@ -36,8 +36,9 @@ Buffers buffers_of(const Fp8QuantizeParams& p) {
   const Fp8Workspace& l = p.layout;
   auto f = [&](int64_t off) { return reinterpret_cast<float*>(w + off); };
   return {w + l.q8,           w + l.k8,           w + l.v8t,          f(l.q_scale),       f(l.k_scale),
-          f(l.v_scale),       f(l.k_mean),        f(l.balance),       f(l.lse_shift),     f(l.k_sum_partial),
-          f(l.k_max_partial), f(l.k_min_partial), f(l.v_max_partial), f(l.q_max_partial)};
+          f(l.v_scale),       f(l.k_mean),        f(l.v_mean),        f(l.balance),       f(l.lse_shift),
+          f(l.k_sum_partial), f(l.k_max_partial), f(l.k_min_partial), f(l.v_sum_partial), f(l.v_max_partial),
+          f(l.v_min_partial), f(l.q_max_partial)};
 }
 
 // Eight consecutive elements of a bf16 / fp16 tensor (16-byte aligned: the call's validation checks the strides).
@@ -100,13 +101,14 @@ __device__ __forceinline__ uint32_t int8x4(float a, float b, float c, float d) {
   return byte(a) | (byte(b) << 8) | (byte(c) << 16) | (byte(d) << 24);
 }
 
-// 1. Per (chunk of kFp8StatisticsRows input tokens, batch * kv head), per channel: K's sum, max and min over the
-// valid keys, max |V| over them, and max |Q| over every query of the kv head's q heads.
+// 1. Per (chunk of kFp8StatisticsRows input tokens, batch * kv head), per channel: K's and V's sum, max and min over
+// the valid keys, and max |Q| over every query of the kv head's q heads. The per-thread partials are reduced one
+// statistic at a time through one shared tile.
 template <int D>
 __global__ void __launch_bounds__(kThreads) statistics_kernel(const Fp8QuantizeParams p, Buffers buf) {
   constexpr int kLanes = D / 8, kTokensPerPass = kThreads / kLanes;
-  constexpr int kSum = 0, kMax = 1, kMin = 2, kV = 3, kQ = 4, kStats = 5;
-  __shared__ float partial[kStats][kTokensPerPass][D];
+  constexpr int kKSum = 0, kKMax = 1, kKMin = 2, kVSum = 3, kVMax = 4, kVMin = 5, kQ = 6, kStats = 7;
+  __shared__ float partial[kTokensPerPass][D];
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.kv_heads, h = bh % p.kv_heads;
   const int group = p.q_heads / p.kv_heads;
   const int lane = threadIdx.x % kLanes, slot = threadIdx.x / kLanes;
@@ -115,8 +117,11 @@ __global__ void __launch_bounds__(kThreads) statistics_kernel(const Fp8QuantizeP
   const int64_t end = begin + kFp8StatisticsRows < tokens ? begin + kFp8StatisticsRows : tokens;
   float acc[kStats][8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
-    acc[kSum][i] = 0.0f, acc[kMax][i] = -INFINITY, acc[kMin][i] = INFINITY, acc[kV][i] = 0.0f, acc[kQ][i] = 0.0f;
+  for (int i = 0; i < 8; ++i) {
+    acc[kKSum][i] = acc[kVSum][i] = acc[kQ][i] = 0.0f;
+    acc[kKMax][i] = acc[kVMax][i] = -INFINITY;
+    acc[kKMin][i] = acc[kVMin][i] = INFINITY;
+  }
   for (int64_t token = begin + slot; token < end; token += kTokensPerPass) {
     for (int g = 0; g < group; ++g) {
       float q[8];
@@ -130,24 +135,25 @@ __global__ void __launch_bounds__(kThreads) statistics_kernel(const Fp8QuantizeP
     load8(p.v, element_offset(p.v_strides, b, h, token) + lane * 8, p.is_fp16, v);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      acc[kSum][i] += k[i], acc[kMax][i] = fmaxf(acc[kMax][i], k[i]), acc[kMin][i] = fminf(acc[kMin][i], k[i]);
-      acc[kV][i] = fmaxf(acc[kV][i], fabsf(v[i]));
+      acc[kKSum][i] += k[i], acc[kKMax][i] = fmaxf(acc[kKMax][i], k[i]), acc[kKMin][i] = fminf(acc[kKMin][i], k[i]);
+      acc[kVSum][i] += v[i], acc[kVMax][i] = fmaxf(acc[kVMax][i], v[i]), acc[kVMin][i] = fminf(acc[kVMin][i], v[i]);
     }
   }
+  float* out[kStats] = {buf.k_sum, buf.k_max, buf.k_min, buf.v_sum, buf.v_max, buf.v_min, buf.q_max};
 #pragma unroll
-  for (int x = 0; x < kStats; ++x)
+  for (int x = 0; x < kStats; ++x) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) partial[x][slot][lane * 8 + i] = acc[x][i];
-  __syncthreads();
-  for (int d = threadIdx.x; d < D; d += kThreads) {
-    float sum = 0.0f, k_max = -INFINITY, k_min = INFINITY, v_max = 0.0f, q_max = 0.0f;
-    for (int i = 0; i < kTokensPerPass; ++i) {
-      sum += partial[kSum][i][d];
-      k_max = fmaxf(k_max, partial[kMax][i][d]), k_min = fminf(k_min, partial[kMin][i][d]);
-      v_max = fmaxf(v_max, partial[kV][i][d]), q_max = fmaxf(q_max, partial[kQ][i][d]);
+    for (int i = 0; i < 8; ++i) partial[slot][lane * 8 + i] = acc[x][i];
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += kThreads) {
+      float r = partial[0][d];
+      for (int i = 1; i < kTokensPerPass; ++i) {
+        const float y = partial[i][d];
+        r = (x == kKSum || x == kVSum) ? r + y : (x == kKMin || x == kVMin) ? fminf(r, y) : fmaxf(r, y);
+      }
+      out[x][(int64_t(bh) * p.layout.chunks + chunk) * D + d] = r;
     }
-    const int64_t at = (int64_t(bh) * p.layout.chunks + chunk) * D + d;
-    buf.k_sum[at] = sum, buf.k_max[at] = k_max, buf.k_min[at] = k_min, buf.v_max[at] = v_max, buf.q_max[at] = q_max;
+    __syncthreads();
   }
 }
 
@@ -157,20 +163,23 @@ __global__ void __launch_bounds__(kThreads) statistics_kernel(const Fp8QuantizeP
 template <int D>
 __global__ void __launch_bounds__(D) finish_kernel(const Fp8QuantizeParams p, Buffers buf) {
   const int bh = blockIdx.x, d = threadIdx.x, b = bh / p.kv_heads;
-  float sum = 0.0f, k_max = -INFINITY, k_min = INFINITY, v_max = 0.0f, q_max = 0.0f;
+  float k_sum = 0.0f, k_max = -INFINITY, k_min = INFINITY, v_sum = 0.0f, v_max = -INFINITY, v_min = INFINITY;
+  float q_max = 0.0f;
   for (int64_t c = 0; c < p.layout.chunks; ++c) {
     const int64_t at = (int64_t(bh) * p.layout.chunks + c) * D + d;
-    sum += buf.k_sum[at];
-    k_max = fmaxf(k_max, buf.k_max[at]), k_min = fminf(k_min, buf.k_min[at]);
-    v_max = fmaxf(v_max, buf.v_max[at]), q_max = fmaxf(q_max, buf.q_max[at]);
+    k_sum += buf.k_sum[at], k_max = fmaxf(k_max, buf.k_max[at]), k_min = fminf(k_min, buf.k_min[at]);
+    v_sum += buf.v_sum[at], v_max = fmaxf(v_max, buf.v_max[at]), v_min = fminf(v_min, buf.v_min[at]);
+    q_max = fmaxf(q_max, buf.q_max[at]);
   }
   const int64_t keys = p.num_video_tokens + valid_text(p, b);
-  const float mean = sum / float(keys);
-  const float k_range = fmaxf(k_max - mean, mean - k_min);  // max |k - mean| over the valid keys
+  const float k_mean = k_sum / float(keys), v_mean = v_sum / float(keys);
+  const float k_range = fmaxf(k_max - k_mean, k_mean - k_min);  // max |k - mean| over the valid keys
+  const float v_range = fmaxf(v_max - v_mean, v_mean - v_min);
   const int64_t at = int64_t(bh) * D + d;
-  buf.k_mean[at] = mean;
+  buf.k_mean[at] = k_mean;
+  buf.v_mean[at] = v_mean;
   buf.balance[at] = q_max > 0.0f && k_range > 0.0f ? sqrtf(q_max / k_range) : 1.0f;
-  buf.v_scale[at] = v_max > 0.0f ? v_max / kE4m3Max : 1.0f;
+  buf.v_scale[at] = v_range > 0.0f ? v_range / kE4m3Max : 1.0f;
 }
 
 // 3. One group of 64 padded rows of Q (kKeys = false) or K (true) per CTA, kLanesPerRow lanes per row, 8 channels
@@ -250,15 +259,20 @@ __global__ void __launch_bounds__(kThreads) values_kernel(const Fp8QuantizeParam
   __shared__ __align__(16) uint8_t tile[kFp8GroupRows][D];
   const int group = blockIdx.x, bh = blockIdx.y, b = bh / p.kv_heads, h = bh % p.kv_heads;
   const int lane = threadIdx.x % kLanes, c0 = lane * 8;
-  float inverse[8];
+  float inverse[8], mean[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) inverse[i] = 1.0f / buf.v_scale[int64_t(bh) * D + c0 + i];
+  for (int i = 0; i < 8; ++i)
+    inverse[i] = 1.0f / buf.v_scale[int64_t(bh) * D + c0 + i], mean[i] = buf.v_mean[int64_t(bh) * D + c0 + i];
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     const int key = pass * kRowsPerPass + threadIdx.x / kLanes;
     const int64_t token = source_token(p, int64_t(group) * kFp8GroupRows + key, b, true);
-    float e[8] = {};
-    if (token >= 0) load8(p.v, element_offset(p.v_strides, b, h, token) + c0, p.is_fp16, e);
+    float e[8] = {};  // padding rows stay 0 (their probabilities are 0)
+    if (token >= 0) {
+      load8(p.v, element_offset(p.v_strides, b, h, token) + c0, p.is_fp16, e);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) e[i] -= mean[i];
+    }
     uint32_t w[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)

@@ -27,12 +27,13 @@ struct Fp8Workspace {
   // fp32 [kv_bh][groups][kFp8ScaleWindow]: entry [g][i] is the scale of group g + i (1 past the last group), so a
   // key block starting at group g copies its scales with one aligned 16-byte bulk copy.
   int64_t k_scale = 0;
-  int64_t v_scale = 0, k_mean = 0;                 // fp32 [kv_bh][d]
+  int64_t v_scale = 0, k_mean = 0, v_mean = 0;     // fp32 [kv_bh][d]; v8t holds (v - v_mean) / v_scale
   int64_t balance = 0;                             // fp32 [kv_bh][d]: q8 holds q / balance, k8 (k - k_mean) * balance
   int64_t lse_shift = 0;                           // fp32 [q_bh][rows]: softmax_scale * (q . k_mean)
-  // fp32 [kv_bh][chunks][d] each: per statistics chunk, K's channel sums, maxima and minima (over the valid keys),
-  // max |V| (valid keys) and max |Q| (every query of the kv head's group of q heads).
-  int64_t k_sum_partial = 0, k_max_partial = 0, k_min_partial = 0, v_max_partial = 0, q_max_partial = 0;
+  // fp32 [kv_bh][chunks][d] each: per statistics chunk, K's and V's channel sums, maxima and minima (over the valid
+  // keys) and max |Q| (every query of the kv head's group of q heads).
+  int64_t k_sum_partial = 0, k_max_partial = 0, k_min_partial = 0;
+  int64_t v_sum_partial = 0, v_max_partial = 0, v_min_partial = 0, q_max_partial = 0;
   int64_t total = 0;
 };
 
@@ -64,12 +65,15 @@ inline Fp8Workspace fp8_workspace_layout(int64_t batch, int64_t q_heads, int64_t
   take(w.k_scale, bytes({w.kv_bh, w.groups, kFp8ScaleWindow, 4}));
   take(w.v_scale, bytes({w.kv_bh, head_dim, 4}));
   take(w.k_mean, bytes({w.kv_bh, head_dim, 4}));
+  take(w.v_mean, bytes({w.kv_bh, head_dim, 4}));
   take(w.balance, bytes({w.kv_bh, head_dim, 4}));
   take(w.lse_shift, bytes({w.q_bh, w.rows, 4}));
   take(w.k_sum_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
   take(w.k_max_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
   take(w.k_min_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
+  take(w.v_sum_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
   take(w.v_max_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
+  take(w.v_min_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
   take(w.q_max_partial, bytes({w.kv_bh, w.chunks, head_dim, 4}));
   w.total = at;
   return w;

@@ -22,6 +22,7 @@ struct Fp8OperandParams {
   const float* q_scale;    // [q_bh][groups]
   const float* k_scale;    // [kv_bh][groups][kFp8ScaleWindow] (Fp8Workspace::k_scale)
   const float* v_scale;    // [kv_bh][d]
+  const float* v_mean;     // [kv_bh][d]: V's channel means, which v8t has had taken out
   const float* lse_shift;  // [q_bh][rows]
   int groups;
   int rows;

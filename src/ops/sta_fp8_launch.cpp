@@ -54,6 +54,7 @@ Fp8OperandParams operand_params(const ops::StaForwardProblem& problem) {
   f.k_scale = reinterpret_cast<const float*>(base + w.k_scale);
   f.q_scale = reinterpret_cast<const float*>(base + w.q_scale);
   f.v_scale = reinterpret_cast<const float*>(base + w.v_scale);
+  f.v_mean = reinterpret_cast<const float*>(base + w.v_mean);
   f.lse_shift = reinterpret_cast<const float*>(base + w.lse_shift);
   f.groups = int(w.groups);
   f.rows = int(w.rows);

@@ -56,6 +56,7 @@ struct NativeOperands {
   static constexpr int kPacked = kScores / 2;   // 32-bit registers of P per thread
   static constexpr int kProbabilityLog2Scale = 0;  // probabilities are produced as 2^this * P
   static constexpr int kLazyRescaleEighths = 0;    // rescale O whenever a row's maximum grows (softmax.cuh)
+  static constexpr int kSumRegs = 0;               // no row-sum GEMM: the softmax sums the probabilities itself
   using QK = typename MmaSS<Element, kBlockN>::Op;
   using PV = typename MmaRS<Element, kHeadDim>::Op;
 
@@ -75,8 +76,9 @@ struct NativeOperands {
     }
   }
   // O (64 x HeadDim) += P (64 x BlockN, registers) x V block (BlockN x HeadDim).
-  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kPacked], uint32_t v_tile,
-                                                 float (&o)[kHeadDim / 2]) {
+  template <class Storage, class NoSums>
+  static __device__ __forceinline__ void gemm_pv(Storage&, const uint32_t (&p)[kPacked], uint32_t v_tile,
+                                                 float (&o)[kHeadDim / 2], NoSums&) {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
       mma_rs<PV>(&p[4 * kk], smem_desc_mn_major(v_tile + kk * 16 * 128, Tiles::kKeyAtomBytes), o,
@@ -95,12 +97,27 @@ struct ForwardConsumer {
   static constexpr int kScores = kBlockN / 2;     // S elements per consumer thread
   static constexpr int kPacked = Operands::kPacked;
 
+  // Operands with kSumRegs > 0 make the row sums by a GEMM of their own (fp8/operands.cuh) into that accumulator.
+  static constexpr bool kSumsByGemm = Operands::kSumRegs > 0;
+  struct NoSums {};
+  using SumAccumulator = std::conditional_t<kSumsByGemm, float[kSumsByGemm ? Operands::kSumRegs : 1], NoSums>;
+
   // What a consumer thread hands the epilogue: its O rows (unnormalised), their 1 / row sum and LSE.
   struct Result {
     float o[kHeadDim / 2];
     float inverse_sum[2];
     float lse[2];
   };
+
+  // With a row-sum GEMM: adds its block sums to the softmax's, once that GEMM has run.
+  template <class Softmax>
+  static __device__ __forceinline__ void add_block_sums(const SumAccumulator& sums, Softmax& softmax) {
+    if constexpr (kSumsByGemm) {
+      float block[2];
+      Operands::block_sums(sums, block);
+      softmax.add_sums(block);
+    }
+  }
 
   // `tiles` says how many key blocks there are and masks the scores of each (tiles.mask(sm, stage, s) is called
   // once per block, in order, before the block's K stage is released): StaKeyTiles or FgKeyTiles. Tiles whose
@@ -138,7 +155,15 @@ struct ForwardConsumer {
     uint32_t probs[kPacked];
 #pragma unroll
     for (int i = 0; i < kHeadDim / 2; ++i) out.o[i] = 0.0f;
-    using Softmax = OnlineSoftmax<kScores, Operands::kProbabilityLog2Scale, Operands::kLazyRescaleEighths>;
+    SumAccumulator sums;
+    // wgmma reads P and writes O (and the sums) behind the compiler's back: fence them around each GEMM.
+    auto fence_accumulators = [&] {
+      fence_registers(out.o);
+      fence_registers(probs);
+      if constexpr (kSumsByGemm) fence_registers(sums);
+    };
+    using Softmax = OnlineSoftmax<kScores, Operands::kProbabilityLog2Scale, Operands::kLazyRescaleEighths,
+                                  kSumsByGemm>;
     Softmax softmax;
     float correction[2];
     auto score_scale = [&](int stage) {
@@ -173,14 +198,13 @@ struct ForwardConsumer {
       if (++stage == kStages) stage = 0, phase ^= 1;
       mbarrier_wait(&sm.k_full[stage], phase);
       wait_turn();
-      fence_registers(out.o);
-      fence_registers(probs);
+      fence_accumulators();
       wgmma_fence();
       Operands::gemm_qk(q_rows, k_tile(stage), s);
       wgmma_commit();
       mbarrier_wait(&sm.v_full[prev_stage], prev_phase);
       wgmma_fence();
-      Operands::gemm_pv(probs, v_tile(prev_stage), out.o);
+      Operands::gemm_pv(sm, probs, v_tile(prev_stage), out.o, sums);
       wgmma_commit();
       pass_turn(false);
       wgmma_wait<1>();  // S of block i is ready; PV of block i-1 may still run
@@ -190,24 +214,26 @@ struct ForwardConsumer {
       release_k(&sm.k_empty[stage]);
       softmax.template update<false>(s, block_scale, correction);
       wgmma_wait<0>();
-      fence_registers(out.o);
-      fence_registers(probs);
+      fence_accumulators();
       release(&sm.v_empty[prev_stage]);
-      if (Softmax::any_rescale(correction)) scale_rows(out.o, correction);
+      add_block_sums(sums, softmax);
+      if (Softmax::any_rescale(correction)) {
+        scale_rows(out.o, correction);
+        if constexpr (kSumsByGemm) softmax.scale_sums(correction);
+      }
       Operands::pack_probabilities(s, probs);
     }
     mbarrier_wait(&sm.v_full[stage], phase);
     wait_turn();
-    fence_registers(out.o);
-    fence_registers(probs);
+    fence_accumulators();
     wgmma_fence();
-    Operands::gemm_pv(probs, v_tile(stage), out.o);
+    Operands::gemm_pv(sm, probs, v_tile(stage), out.o, sums);
     wgmma_commit();
     pass_turn(true);
     wgmma_wait<0>();
-    fence_registers(out.o);
-    fence_registers(probs);
+    fence_accumulators();
     release(&sm.v_empty[stage]);
+    add_block_sums(sums, softmax);
     softmax.finish(out.inverse_sum, out.lse);
   }
 };

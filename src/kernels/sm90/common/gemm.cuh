@@ -55,19 +55,6 @@ TILEATTN_GMMA_TRANSPOSED(32)
 TILEATTN_GMMA_TRANSPOSED(64)
 #undef TILEATTN_GMMA_TRANSPOSED
 
-// e4m3 x e4m3 -> fp32, k = 32 per instruction; both operands K-major (the only form 8-bit wgmma has):
-// O += P V of the 8-bit forward (P from registers, V stored transposed; N = head_dim).
-template <int N>
-struct MmaE4m3RS;
-#define TILEATTN_GMMA_E4M3(N)                              \
-  template <>                                             \
-  struct MmaE4m3RS<N> {                                   \
-    using Op = gmma::MMA_64x##N##x32_F32E4M3E4M3_RS_TN<>; \
-  };
-TILEATTN_GMMA_E4M3(64)
-TILEATTN_GMMA_E4M3(128)
-#undef TILEATTN_GMMA_E4M3
-
 // int8 x int8 -> int32 (exact), k = 32 per instruction, both operands K-major: S = Q K^T of the 8-bit forward.
 template <int N>
 struct MmaS8SS;
@@ -95,6 +82,11 @@ __device__ __forceinline__ void mma_ss_s32(uint64_t a, uint64_t b, float (&d)[N]
 template <class Op, int N, size_t... I>
 __device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], std::index_sequence<I...>) {
   Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
+}
+template <class Op, int N, size_t... I>
+__device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
+                                       std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., scale);
 }
 
 // fp32 accumulator fragment -> packed 16-bit pairs (the A operand of an RS wgmma).

@@ -8,6 +8,12 @@
 //    each run of 32 (the pre-pass writes it so) such that P packs from the S accumulator with no data exchange:
 //    a thread holds S columns {2t, 2t+1, 8+2t, 9+2t} (+16) of each 32-column slice (AccFragment), and the 8-bit A
 //    operand takes k positions {4t .. 4t+3} (+16) in that order (CuTe's ALayout_64x32).
+//  - Row sums by a second GEMM, P x ones (N = 8, one 512-byte tile of e4m3 ones: init_ones): the softmax spends
+//    no add per score (per thread and 192-key block: -96 FADD, +6 small wgmma and 2 FADD). Its accumulator starts
+//    from zero each block, since e4m3 wgmma adds into its accumulator with ~14 bits (DeepSeek-V3's measurement): a
+//    sum left to build up there over a 720p row went wrong by up to 2x (O relative L2 0.91 at 5x5x5), while one
+//    block's 192 keys stay exact enough. (O itself, signed terms that largely cancel, keeps accumulating.) Summing
+//    the e4m3 probabilities also makes the sums exactly those of the values that multiply V.
 //  - Probabilities are produced as 64 P (kProbabilityLog2Scale), using e4m3's range rather than [0, 1], and a
 //    row's maximum is raised lazily (kLazyRescaleEighths), which skips most rescalings of O.
 #include <cuda_fp8.h>
@@ -17,6 +23,22 @@
 #include "kernels/fp8_value_order.hpp"  // the V^T key order the packing relies on
 
 namespace tileattn::sm90 {
+
+// e4m3 x e4m3 -> fp32, k = 32 per instruction; both operands K-major (the only form 8-bit wgmma has):
+// O += P V with P from registers and V stored transposed (N = head_dim), and the row sums P x ones (N = 8).
+template <int N>
+struct MmaE4m3RS {
+  using Op = gmma::MMA_64x8x32_F32E4M3E4M3_RS_TN<>;
+  static_assert(N == 8);
+};
+template <>
+struct MmaE4m3RS<64> {
+  using Op = gmma::MMA_64x64x32_F32E4M3E4M3_RS_TN<>;
+};
+template <>
+struct MmaE4m3RS<128> {
+  using Op = gmma::MMA_64x128x32_F32E4M3E4M3_RS_TN<>;
+};
 
 template <int HeadDim>
 __device__ __forceinline__ uint64_t byte_row_desc(uint32_t addr) {
@@ -39,10 +61,13 @@ struct Fp8Operands {
   static constexpr int kKeyTileBytes = kBlockN * kHeadDim;
   static constexpr int kValueAtomKeys = 64;
   static constexpr int kValueAtomBytes = kHeadDim * kValueAtomKeys;  // head_dim rows x 64 keys
+  static constexpr int kSumRegs = 4;  // the P x ones accumulator (64 x 8): registers 0 and 2 are the row sums
+  static constexpr int kOnesBytes = 8 * 64;  // the ones tile: 8 rows of 64 bytes
   static_assert(kHeadDim == 64 || kHeadDim == 128, "e4m3 rows are one 64B or 128B swizzle atom");
   static_assert(kBlockN % kValueAtomKeys == 0, "key blocks are whole V^T atoms");
   using QK = typename MmaS8SS<kBlockN>::Op;
   using PV = typename MmaE4m3RS<kHeadDim>::Op;
+  using RowSum = typename MmaE4m3RS<8>::Op;
 
   template <class Storage>
   static __device__ __forceinline__ uint32_t q_rows(Storage& sm, int warpgroup) {
@@ -54,12 +79,30 @@ struct Fp8Operands {
       mma_ss_s32<QK>(byte_row_desc<kHeadDim>(q_rows + kk * 32), byte_row_desc<kHeadDim>(k_tile + kk * 32), s,
                  kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One, std::make_index_sequence<kScores>{});
   }
-  static __device__ __forceinline__ void gemm_pv(const uint32_t (&p)[kPacked], uint32_t v_tile,
-                                                 float (&o)[kHeadDim / 2]) {
+  // O += P V, and this block's row sums = P x ones (sums: that accumulator, from zero).
+  template <class Storage>
+  static __device__ __forceinline__ void gemm_pv(Storage& sm, const uint32_t (&p)[kPacked], uint32_t v_tile,
+                                                 float (&o)[kHeadDim / 2], float (&sums)[kSumRegs]) {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 32; ++kk)
       mma_rs<PV>(&p[4 * kk], smem_desc_k_major_64b(v_tile + (kk / 2) * kValueAtomBytes + (kk % 2) * 32), o,
                  std::make_index_sequence<kHeadDim / 2>{});
+    const uint64_t ones = smem_desc_k_major_64b(smem_addr(sm.ones));  // every k slice of it is the same
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 32; ++kk)
+      mma_rs<RowSum>(&p[4 * kk], ones, sums, kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One,
+                     std::make_index_sequence<kSumRegs>{});
+  }
+  static __device__ __forceinline__ void block_sums(const float (&sums)[kSumRegs], float (&row)[2]) {
+    row[0] = sums[0];  // AccFragment: register 2r is row half r (all 8 columns hold the sum)
+    row[1] = sums[2];
+  }
+  // The ones tile (e4m3 1.0 = 0x38). Called by the whole CTA before the barrier that publishes the pipeline;
+  // generic-proxy stores, so fenced for wgmma.
+  template <class Storage>
+  static __device__ __forceinline__ void init_ones(Storage& sm) {
+    for (int i = threadIdx.x; i < kOnesBytes / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(sm.ones)[i] = 0x38383838u;
+    fence_proxy_async_smem();
   }
   // Two scores -> two e4m3 bytes (the first in the low byte), rounded to nearest, saturating.
   static __device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {

@@ -2,10 +2,10 @@
 // The 8-bit STA forward for Hopper: the bf16 kernel's structure (sta/sta_fwd_kernel.cuh: the same scheduler, window
 // walk, masks, shared consumer and epilogue), on the pre-pass's int8 Q / K and e4m3 V^T copies (fp8_workspace.hpp),
 // in the padded tile-major row order: every query and key block is a run of consecutive rows, one 3D TMA box.
-//  Producer: Q tile, V's channel scales and (for the LSE) the rows' smoothing shifts with the Q barrier; then per
+//  Producer: Q tile, V's channel scales and means and (for the LSE) the rows' smoothing shifts with the Q barrier; then per
 //  key block its K rows and their scales (one barrier), and its V^T atoms.
 //  Consumers: Fp8Operands' GEMMs; scores scaled by softmax scale x Q scale x K scale before the softmax; O scaled
-//  by V's channel scales before the epilogue; LSE shifted back by softmax_scale * (q . mean K).
+//  by V's channel scales and V's means added back before the epilogue; LSE shifted back by softmax_scale * (q . mean K).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -42,8 +42,10 @@ struct Fp8SharedStorage {
   alignas(1024) typename Cfg::Element o[kernels::kQueryBlockRows * Cfg::kHeadDim];  // O staging (epilogue)
   alignas(1024) uint8_t k[Cfg::kStages][Operands::kKeyTileBytes];
   alignas(1024) uint8_t v[Cfg::kStages][Operands::kKeyTileBytes];
+  alignas(512) uint8_t ones[Operands::kOnesBytes];
   alignas(16) float k_scale[Cfg::kStages][kernels::kFp8ScaleWindow];
   alignas(128) float v_scale[Cfg::kHeadDim];
+  alignas(128) float v_mean[Cfg::kHeadDim];
   alignas(128) float lse_shift[kernels::kQueryBlockRows];
   uint64_t q_full;
   uint64_t k_full[Cfg::kStages], k_empty[Cfg::kStages];
@@ -70,10 +72,11 @@ struct StaFp8Producer {
     const kernels::Fp8OperandParams& f = p.fp8;
     const int q_bh = fp8_q_bh(p, q), kv_bh = fp8_kv_bh(p, q);
     const bool lse = p.base.attention.lse != nullptr;
-    mbarrier_arrive_expect_tx(&sm.q_full, Operands::kQueryTileBytes + Cfg::kHeadDim * 4 +
+    mbarrier_arrive_expect_tx(&sm.q_full, Operands::kQueryTileBytes + 2 * Cfg::kHeadDim * 4 +
                                               (lse ? kernels::kQueryBlockRows * 4 : 0));
     tma_load_3d(sm.q, &f.q8, &sm.q_full, 0, q.row, q_bh);
     bulk_load(sm.v_scale, f.v_scale + int64_t(kv_bh) * Cfg::kHeadDim, Cfg::kHeadDim * 4, &sm.q_full);
+    bulk_load(sm.v_mean, f.v_mean + int64_t(kv_bh) * Cfg::kHeadDim, Cfg::kHeadDim * 4, &sm.q_full);
     if (lse)
       bulk_load(sm.lse_shift, f.lse_shift + int64_t(q_bh) * f.rows + q.row, kernels::kQueryBlockRows * 4,
                 &sm.q_full);
@@ -102,9 +105,12 @@ struct StaFp8Producer {
 // mantissa holds s exactly, and the order of the values is kept, so the row maximum works on them), and
 // score_scale() folds the -1.5 * 2^23 into each group's offset: x = (1.5 * 2^23 + s) c - 1.5 * 2^23 c, one FMA in
 // the softmax, whose rounding of the offset costs about one unit of s (the int8 products' own error is ~100).
+// Those floats are positive (masked keys: -inf), so their bits order as signed integers and the softmax takes the
+// row maximum with integer instructions (kMaxOnBits).
 template <int Groups>
 struct GroupScoreScale {
   static constexpr int kGroups = Groups;
+  static constexpr bool kMaxOnBits = true;
   float c[kGroups];
   __device__ __forceinline__ float scale(int g) const { return c[g]; }
   __device__ __forceinline__ float offset(int g) const { return -12582912.0f * c[g]; }
@@ -145,6 +151,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_fp8_forward_kernel(const
   const QueryBlock q = query_block_of(p.base, blockIdx.x);
   if (q.empty) return;  // uniform across the CTA, before any barrier
 
+  Operands::init_ones(sm);                   // before the barrier init's __syncthreads publishes them
   init_pipeline_barriers<Cfg::kStages>(sm);
 
   const int warpgroup = threadIdx.x / 128;
@@ -159,9 +166,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_fp8_forward_kernel(const
     typename Consumer::Result r;
     Fp8StaKeyTiles<Cfg::kBlockN, Cfg::kHeadDim> tiles(p, q, p.base.attention.scale_log2 * q_scale);
     Consumer::consume(sm, tiles, 1.0f, wg, r);  // the softmax scale is in the tiles' score_scale
-    // consume waited on q_full: V's channel scales and the LSE shifts are in shared memory.
+    // consume waited on q_full: V's channel scales and means and the LSE shifts are in shared memory. O = acc s_v / l
+    // + mean (the rows' probabilities sum to l, the same e4m3 values that multiplied V): the epilogue divides by l.
+    float row_sum[2];
 #pragma unroll
-    for (int e = 0; e < Fragment::kRegs; ++e) r.o[e] *= sm.v_scale[Fragment::col(e)];
+    for (int i = 0; i < 2; ++i) row_sum[i] = r.inverse_sum[i] > 0.0f ? 1.0f / r.inverse_sum[i] : 0.0f;
+#pragma unroll
+    for (int e = 0; e < Fragment::kRegs; ++e)
+      r.o[e] = fmaf(sm.v_mean[Fragment::col(e)], row_sum[Fragment::row_half(e)], r.o[e] * sm.v_scale[Fragment::col(e)]);
     if (p.base.attention.lse != nullptr) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) r.lse[i] += sm.lse_shift[wg * 64 + Fragment::row0() + 8 * i];
