@@ -52,6 +52,37 @@ TEST(StaFp8, WorkspaceBytesCoverTheQuantizedCopies) {
   EXPECT_GT(sta_forward_workspace_bytes(a), bytes);
 }
 
+// Every region of the workspace has its documented size, starts 256-byte aligned and overlaps no other: the pre-pass
+// writes them all from different kernels, so an overlap would corrupt one silently.
+TEST(StaFp8, WorkspaceRegionsAreDisjoint) {
+  for (auto [batch, q_heads, kv_heads, d, text] : {std::tuple{1, 24, 24, 128, 256}, {2, 4, 2, 64, 0}, {3, 6, 1, 128, 77}}) {
+    const int64_t video_rows = 30 * 6 * 8 * 8, tokens = video_rows + text;
+    const kernels::Fp8Workspace w =
+        kernels::fp8_workspace_layout(batch, q_heads, kv_heads, d, video_rows, tokens, text);
+    const int64_t qbh = w.q_bh, kvbh = w.kv_bh, rows = w.rows, per_chunk = kvbh * w.chunks * d * 4;
+    const std::vector<std::pair<int64_t, int64_t>> regions = {
+        {w.q8, qbh * rows * d},          {w.k8, kvbh * rows * d},
+        {w.v8t, kvbh * rows * d},        {w.q_scale, qbh * w.groups * 4},
+        {w.k_scale, kvbh * w.groups * kernels::kFp8ScaleWindow * 4},
+        {w.v_scale, kvbh * d * 4},       {w.k_mean, kvbh * d * 4},
+        {w.v_mean, kvbh * d * 4},        {w.balance, kvbh * d * 4},
+        {w.lse_shift, qbh * rows * 4},   {w.k_sum_partial, per_chunk},
+        {w.k_max_partial, per_chunk},    {w.k_min_partial, per_chunk},
+        {w.v_sum_partial, per_chunk},    {w.v_max_partial, per_chunk},
+        {w.v_min_partial, per_chunk},    {w.q_max_partial, per_chunk}};
+    std::vector<std::pair<int64_t, int64_t>> sorted = regions;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size(); ++i) {
+      EXPECT_EQ(sorted[i].first % 256, 0) << "region " << i;
+      EXPECT_GT(sorted[i].second, 0) << "region " << i;
+      const int64_t end = sorted[i].first + sorted[i].second;
+      EXPECT_LE(end, i + 1 < sorted.size() ? sorted[i + 1].first : w.total) << "region at " << sorted[i].first;
+    }
+    EXPECT_EQ(w.rows % 256, 0);
+    EXPECT_GE(w.rows, video_rows + text + 192);  // the last text key block may start at the last text row
+  }
+}
+
 TEST(StaFp8, NamesTheBadArgument) {
   StaForwardArgs a = fp8_args();
   EXPECT_EQ(argument_of(a), "workspace");  // none given
