@@ -1,11 +1,12 @@
 // The 8-bit STA forward's pre-pass (docs/DESIGN.md "FP8 STA forward"): four memory-bound kernels, in order on the
 // call's stream:
-//  1. statistics: per (batch, kv head) and chunk of tokens, K's sum / max / min and max |V| of each channel over the
+//  1. statistics: per (batch, kv head) and chunk of tokens, K's and V's sum / max / min of each channel over the
 //     valid keys, max |Q| over the queries (fixed chunks and a fixed reduction order: the same result run to run);
 //  2. finish: K's and V's channel means, V's channel scales and the Q / K channel balance from the chunks;
 //  3. rows: Q (and K, smoothed by its means), balanced, in groups of 64 padded rows, one scale per group, int8 rows
 //     written in the padded tile-major order; for Q also the LSE shift softmax_scale * (q . mean K) of each row;
-//  4. values: V less its channel means, scaled per channel, transposed to head-dim rows of keys, the keys of each 32 in value_key_at order.
+//  4. values: V less its channel means, scaled per channel, transposed to head-dim rows of keys, the keys of each 32
+//     in value_key_at order.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>

@@ -80,13 +80,14 @@ __device__ __forceinline__ void mma_ss_s32(uint64_t a, uint64_t b, float (&d)[N]
   Op::fma(a, b, reinterpret_cast<uint32_t&>(d[I])..., scale);
 }
 template <class Op, int N, size_t... I>
-__device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], std::index_sequence<I...>) {
-  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
-}
-template <class Op, int N, size_t... I>
 __device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], gmma::ScaleOut scale,
                                        std::index_sequence<I...>) {
   Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., scale);
+}
+// Accumulating into d (the P V GEMMs).
+template <class Op, int N, size_t... I>
+__device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float (&d)[N], std::index_sequence<I...> seq) {
+  mma_rs<Op>(a, b, d, gmma::ScaleOut::One, seq);
 }
 
 // fp32 accumulator fragment -> packed 16-bit pairs (the A operand of an RS wgmma).

@@ -3,9 +3,9 @@
 // over the 4 threads of a quad. Scores are kept raw; their scale (and offset) is folded into one exp2 FMA. Row sums
 // stay per thread until the end (one quad reduction), unless the caller makes them by a GEMM of its own (kSumsByGemm:
 // P x ones, fp8/operands.cuh), which takes one add per score off the softmax; the caller then adds each block's sums
-// (add_sums) and rescales them with its output (scale_sums). kLog2Scale > 0 produces the
-// probabilities as 2^kLog2Scale * P (the e4m3 consumer's range); sums carry the same factor, so O / sum is
-// unchanged and only the LSE takes it out again.
+// (add_sums) and rescales them with its output (scale_sums). kLog2Scale > 0 produces the probabilities as
+// 2^kLog2Scale * P (the e4m3 consumer's range); sums carry the same factor, so O / sum is unchanged and only the LSE
+// takes it out again.
 #include <cstdint>
 
 #include "kernels/sm90/common/fragment.cuh"

@@ -28,9 +28,10 @@ namespace tileattn::sm90 {
 // e4m3 x e4m3 -> fp32, k = 32 per instruction; both operands K-major (the only form 8-bit wgmma has):
 // O += P V with P from registers and V stored transposed (N = head_dim), and the row sums P x ones (N = 8).
 template <int N>
-struct MmaE4m3RS {
+struct MmaE4m3RS;
+template <>
+struct MmaE4m3RS<8> {
   using Op = gmma::MMA_64x8x32_F32E4M3E4M3_RS_TN<>;
-  static_assert(N == 8);
 };
 template <>
 struct MmaE4m3RS<64> {
@@ -102,7 +103,8 @@ struct Fp8Operands {
   // generic-proxy stores, so fenced for wgmma.
   template <class Storage>
   static __device__ __forceinline__ void init_ones(Storage& sm) {
-    for (int i = threadIdx.x; i < kOnesBytes / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(sm.ones)[i] = 0x38383838u;
+    for (int i = threadIdx.x; i < kOnesBytes / 4; i += blockDim.x)
+      reinterpret_cast<uint32_t*>(sm.ones)[i] = 0x38383838u;
     fence_proxy_async_smem();
   }
   // Two scores -> two e4m3 bytes (the first in the low byte), rounded to nearest, saturating.

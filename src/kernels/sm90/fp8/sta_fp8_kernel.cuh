@@ -2,10 +2,11 @@
 // The 8-bit STA forward for Hopper: the bf16 kernel's structure (sta/sta_fwd_kernel.cuh: the same scheduler, window
 // walk, masks, shared consumer and epilogue), on the pre-pass's int8 Q / K and e4m3 V^T copies (fp8_workspace.hpp),
 // in the padded tile-major row order: every query and key block is a run of consecutive rows, one 3D TMA box.
-//  Producer: Q tile, V's channel scales and means and (for the LSE) the rows' smoothing shifts with the Q barrier; then per
-//  key block its K rows and their scales (one barrier), and its V^T atoms.
+//  Producer: Q tile, V's channel scales and means and (for the LSE) the rows' smoothing shifts with the Q barrier;
+//  then per key block its K rows and their scales (one barrier), and its V^T atoms.
 //  Consumers: Fp8Operands' GEMMs; scores scaled by softmax scale x Q scale x K scale before the softmax; O scaled
-//  by V's channel scales and V's means added back before the epilogue; LSE shifted back by softmax_scale * (q . mean K).
+//  by V's channel scales and V's means added back before the epilogue; LSE shifted back by softmax_scale *
+//  (q . mean K).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -173,7 +174,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sta_fp8_forward_kernel(const
     for (int i = 0; i < 2; ++i) row_sum[i] = r.inverse_sum[i] > 0.0f ? 1.0f / r.inverse_sum[i] : 0.0f;
 #pragma unroll
     for (int e = 0; e < Fragment::kRegs; ++e)
-      r.o[e] = fmaf(sm.v_mean[Fragment::col(e)], row_sum[Fragment::row_half(e)], r.o[e] * sm.v_scale[Fragment::col(e)]);
+      r.o[e] = fmaf(sm.v_mean[Fragment::col(e)], row_sum[Fragment::row_half(e)],
+                    r.o[e] * sm.v_scale[Fragment::col(e)]);
     if (p.base.attention.lse != nullptr) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) r.lse[i] += sm.lse_shift[wg * 64 + Fragment::row0() + 8 * i];
