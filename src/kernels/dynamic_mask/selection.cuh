@@ -48,6 +48,12 @@ struct SelectParams {
   int keep_diagonal;
   int text_first_group;  // ng: no group is kept for text
   int cache_keys;        // select_rows_kernel: the row's keys in dynamic shared memory after the window bitmap
+  // target_sparsity: its first pass (target_hist_kernel, level 0) writes every row's priority keys over the row's
+  // masses (keys_out = the mass buffer), and the later passes read them (keys_in_place): a load and a compare per
+  // group instead of the mass, density and eligibility arithmetic of RowView::key. (That pass reads each mass once,
+  // through __ldg, before the same thread overwrites it; no thread reads a value another one writes.)
+  uint32_t* keys_out;
+  int keys_in_place;
   const int32_t* win_table;
   const int32_t* win_counts;  // null: no window
   long long win_capacity;
@@ -66,14 +72,16 @@ __device__ __forceinline__ u64 to_fixed(float m) { return __double2ull_rn(double
 struct RowView {
   const float* mass;
   const uint32_t* bitmap;  // eligible groups (window), or null: all
-  const uint32_t* keys;    // the row's keys in shared memory (kIneligible: not eligible), or null: from mass
+  const uint32_t* keys;    // the row's keys (shared cache, or keys_in_place: global; kIneligible: not eligible), or
+                           // null: from mass
   bool from_log;           // mass holds L (see SelectParams), lse the row's LSE
   float lse;
   int ng, key_group, tokens, diag_first, diag_last, text_first;
+  int full_groups;  // groups [0, full_groups) have key_group positions; only the last one may have fewer
   bool density;
   float inverse_group;  // 1 / key_group when that is a power of two (then m * it == m / key_group exactly), else 0
 
-  __device__ int group_size(int g) const { return int(min(int64_t(key_group), int64_t(tokens) - int64_t(g) * key_group)); }
+  __device__ int group_size(int g) const { return g < full_groups ? key_group : tokens - g * key_group; }
   // The priority key of an eligible group: float bits of the mass (target_sparsity: of mass / group size), bit 30
   // set for always-kept groups (those rank by mass). Masses are sanitised to [0, 1.75] (NaN -> 0).
   // From the cache, m is the mass only where the key holds it (not density, or an always-kept group); the callers
@@ -91,7 +99,7 @@ struct RowView {
       k = __float_as_uint(m) | kForcedBit;
     else
       k = __float_as_uint(!density ? m
-                          : inverse_group != 0.0f && (g + 1) * int64_t(key_group) <= tokens
+                          : inverse_group != 0.0f && g < full_groups
                               ? m * inverse_group  // a full group, power-of-two size: exact, no division
                               : __fdiv_rn(m, float(group_size(g))));
     return true;
@@ -100,8 +108,9 @@ struct RowView {
 
 // Calls f(g, key, m) for each eligible group g of the thread's (g = threadIdx.x + i * kSelThreads), the keys of
 // keys loaded before f runs on any of them: the loads are in flight together, not one per round of atomics.
+// store: also writes every group's key there (kIneligible for the others).
 template <class F>
-__device__ __forceinline__ void for_each_key(const RowView& v, F&& f) {
+__device__ __forceinline__ void for_each_key(const RowView& v, F&& f, uint32_t* store = nullptr) {
   constexpr int kBatch = 8;
   for (int g0 = threadIdx.x; g0 < v.ng; g0 += kSelThreads * kBatch) {
     uint32_t k[kBatch];
@@ -113,8 +122,11 @@ __device__ __forceinline__ void for_each_key(const RowView& v, F&& f) {
       ok[i] = g < v.ng && v.key(g, k[i], m[i]);
     }
 #pragma unroll
-    for (int i = 0; i < kBatch; ++i)
-      if (ok[i]) f(g0 + i * kSelThreads, k[i], m[i]);
+    for (int i = 0; i < kBatch; ++i) {  // the stores after all the batch's loads (store may alias the masses)
+      const int g = g0 + i * kSelThreads;
+      if (store != nullptr && g < v.ng) store[g] = ok[i] ? k[i] : kIneligible;
+      if (ok[i]) f(g, k[i], m[i]);
+    }
   }
 }
 
@@ -153,6 +165,15 @@ __device__ V block_sum(V v, V* scratch) {
 __device__ __forceinline__ void add_count(uint32_t* cnt, int bin) {
   const unsigned peers = __match_any_sync(__activemask(), bin);
   if ((threadIdx.x & 31) == unsigned(__ffs(peers) - 1)) atomicAdd(&cnt[bin], uint32_t(__popc(peers)));
+}
+
+// Below level 0 the keys that share a prefix spread over the bins, and __match_any_sync costs more than the few
+// collisions it would merge: a plain atomic per key.
+__device__ __forceinline__ void add_count_at(uint32_t* cnt, int bin, int level) {
+  if (level == 0)
+    add_count(cnt, bin);
+  else
+    atomicAdd(&cnt[bin], 1u);
 }
 
 struct Crossing {
@@ -207,7 +228,7 @@ __device__ void hist_pass(const RowView& v, SelShared& s, int level, uint32_t pr
   for_each_key(v, [&](int, uint32_t key, float m) {
     if ((key >> up) != prefix) return;  // level 0: up = 31, prefix 0
     const int bin = int(key >> shift) & (nb - 1);
-    add_count(s.cnt, bin);
+    add_count_at(s.cnt, bin, level);
     if (kVal) atomicAdd(&s.val[bin], to_fixed(m));
   });
   __syncthreads();
@@ -363,7 +384,7 @@ __device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitma
   v.keys = nullptr;
   v.from_log = p.lse != nullptr;
   v.lse = v.from_log ? p.lse[row] : 0.0f;
-  if (p.win_counts != nullptr) {
+  if (p.win_counts != nullptr && !p.keys_in_place) {
     for (int i = threadIdx.x; i < (p.ng + 31) / 32; i += kSelThreads) bitmap[i] = 0;
     __syncthreads();
     const int64_t wrow = int64_t(head) * p.nq + qb;
@@ -381,6 +402,8 @@ __device__ RowView setup_row(const SelectParams& p, int64_t row, uint32_t* bitma
   v.diag_first = p.keep_diagonal ? int(first / p.key_group) : 1;
   v.diag_last = p.keep_diagonal ? int(last / p.key_group) : 0;
   v.text_first = p.text_first_group;
+  v.full_groups = p.tokens / p.key_group;
+  if (p.keys_in_place) v.keys = reinterpret_cast<const uint32_t*>(p.mass) + row * p.ng;  // eligibility included
   if (cache) {
     uint32_t* keys = bitmap + bitmap_words(p);
     constexpr int kUnroll = 8;  // independent loads in flight per thread
@@ -488,9 +511,9 @@ __global__ void __launch_bounds__(kSelThreads) target_hist_kernel(SelectParams p
       }
       if ((key >> up) != prefix) return;
       const int bin = int(key >> shift) & (nb - 1);
-      add_count(cnt, bin);
+      add_count_at(cnt, bin, level);
       if (g == v.ng - 1) last_bin = bin;
-    });
+    }, p.keys_out != nullptr ? p.keys_out + row * p.ng : nullptr);
     __syncthreads();
     // A bin's weight (key positions): key_group per group, less what the last group lacks. Each thread owns its
     // bins of the CTA's totals, so no atomics.
