@@ -238,21 +238,24 @@ struct RowStats {
   u64 eligible, forced, mass, by_cut;  // by_cut: how many groups `cut` keeps (when given)
 };
 
-// The first pass over a row: level 0's histogram (counts; kMass: masses too) and the row's totals (kMass: the
-// mass).
-template <bool kMass>
+// The first pass over a row: level 0's histogram (counts; kMass: masses too; not without kHist, for rules whose
+// cut is known and which need it only past the capacity) and the row's totals (kMass: the mass).
+template <bool kMass, bool kHist = true>
 __device__ RowStats row_pass0(const RowView& v, SelShared& s, const Cut* cut) {
-  __syncthreads();
-  for (int i = threadIdx.x; i < kBins; i += kSelThreads) {
-    s.cnt[i] = 0;
-    if (kMass) s.val[i] = 0;
+  static_assert(kHist || !kMass, "the masses go into the histogram");
+  if (kHist) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < kBins; i += kSelThreads) {
+      s.cnt[i] = 0;
+      if (kMass) s.val[i] = 0;
+    }
+    __syncthreads();
   }
-  __syncthreads();
   u64 counts = 0, mass = 0, by_cut = 0;  // counts: eligible | forced << 32; by_cut: above | ties << 32
   for_each_key(v, [&](int, uint32_t key, float m) {
     counts += 1ull + (u64(key >= kForcedBit) << 32);
     if (cut != nullptr) by_cut += u64(key > cut->key) + (u64(key == cut->key) << 32);
-    add_count(s.cnt, int(key >> kShift[0]));
+    if (kHist) add_count(s.cnt, int(key >> kShift[0]));
     if (kMass) {
       const u64 fx = to_fixed(m);
       mass += fx;
@@ -455,9 +458,12 @@ __global__ void __launch_bounds__(kSelThreads) select_rows_kernel(SelectParams p
     cut = Cut{p.threshold_key, kAllTies};
     have_cut = true;
   }
+  // With the cut known (target_sparsity, threshold) the histogram serves only a row over the capacity, which then
+  // builds it in count_select.
   const RowStats st = rule == SelectionRule::top_p ? row_pass0<true>(v, s, nullptr)
-                                                   : row_pass0<false>(v, s, have_cut ? &cut : nullptr);
-  bool level0_ready = true;
+                      : have_cut                   ? row_pass0<false, false>(v, s, &cut)
+                                                   : row_pass0<false>(v, s, nullptr);
+  bool level0_ready = !have_cut;
   u64 n = st.by_cut;
   if (rule == SelectionRule::top_k) {
     n = st.forced + min(u64(p.k), st.eligible - st.forced);
