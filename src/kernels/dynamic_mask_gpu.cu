@@ -190,7 +190,6 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
     set_smem(target_ties_kernel, bitmap);
   }
   const bool target = sel.rule == SelectionRule::target_sparsity;
-  sp.keys_out = nullptr;
   for (int64_t h0 = 0; h0 < a.q_heads; h0 += pr.layout.heads_per_pass) {
     const int64_t heads = std::min(pr.layout.heads_per_pass, a.q_heads - h0), rows = heads * nq;
     const bool from_log = launch_masses<T, D>(pr, h0, heads, const_cast<float*>(sp.mass), false);
@@ -202,14 +201,10 @@ void launch_estimate_and_passes(const Problem& pr, const DeviceColumnPlan* out, 
       check(cudaMemsetAsync(sp.head_hist, 0, sizeof(DynHeadHist) * heads, pr.stream), "cudaMemsetAsync");
       const dim3 hist_grid(unsigned((nq + kTargetHistRows - 1) / kTargetHistRows), unsigned(heads));
       for (int level = 0; level < 3; ++level) {
-        // Level 0 turns the masses into keys in place; every later pass reads those (SelectParams::keys_out).
-        SelectParams lp = sp;
-        lp.keys_out = level == 0 ? reinterpret_cast<uint32_t*>(const_cast<float*>(sp.mass)) : nullptr;
-        lp.keys_in_place = level > 0 ? 1 : 0;
-        target_hist_kernel<<<hist_grid, kSelThreads, bitmap, pr.stream>>>(lp, level);
-        target_scan_kernel<<<unsigned(heads), kSelThreads, 0, pr.stream>>>(lp, level);
+        sp.keys_in_place = level > 0 ? 1 : 0;  // level 0 turns the masses into keys in place, for every later pass
+        target_hist_kernel<<<hist_grid, kSelThreads, bitmap, pr.stream>>>(sp, level);
+        target_scan_kernel<<<unsigned(heads), kSelThreads, 0, pr.stream>>>(sp, level);
       }
-      sp.keys_in_place = 1;
       target_ties_kernel<<<unsigned(rows), kSelThreads, bitmap, pr.stream>>>(sp);
       target_tie_split_kernel<<<unsigned(heads), kSelThreads, 0, pr.stream>>>(sp);
       check(cudaGetLastError(), "target_sparsity kernels");

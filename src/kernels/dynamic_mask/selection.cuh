@@ -49,10 +49,9 @@ struct SelectParams {
   int text_first_group;  // ng: no group is kept for text
   int cache_keys;        // select_rows_kernel: the row's keys in dynamic shared memory after the window bitmap
   // target_sparsity: its first pass (target_hist_kernel, level 0) writes every row's priority keys over the row's
-  // masses (keys_out = the mass buffer), and the later passes read them (keys_in_place): a load and a compare per
-  // group instead of the mass, density and eligibility arithmetic of RowView::key. (That pass reads each mass once,
-  // through __ldg, before the same thread overwrites it; no thread reads a value another one writes.)
-  uint32_t* keys_out;
+  // masses, and the later passes read them (keys_in_place): a load and a compare per group instead of the mass,
+  // density and eligibility arithmetic of RowView::key. (That pass reads each mass once, through __ldg, before the
+  // same thread overwrites it; no thread reads a value another one writes.)
   int keys_in_place;
   const int32_t* win_table;
   const int32_t* win_counts;  // null: no window
@@ -497,7 +496,7 @@ __global__ void __launch_bounds__(kSelThreads) target_hist_kernel(SelectParams p
   extern __shared__ uint32_t window_bits[];
   const int hl = int(blockIdx.y);
   DynHeadState& st = p.head_state[hl];
-  if (st.mode != 0) return;  // decided at an earlier level
+  if (st.mode != 0) return;  // decided at an earlier level (never at level 0, which writes every row's keys)
   const uint32_t prefix = st.prefix;
   const int nb = level == 0 ? kBins : 1024, shift = kShift[level], up = shift + kBits[level];
   for (int i = threadIdx.x; i < nb; i += kSelThreads) cta_count[i] = 0, cta_weight[i] = 0;
@@ -519,7 +518,7 @@ __global__ void __launch_bounds__(kSelThreads) target_hist_kernel(SelectParams p
       const int bin = int(key >> shift) & (nb - 1);
       add_count_at(cnt, bin, level);
       if (g == v.ng - 1) last_bin = bin;
-    }, p.keys_out != nullptr ? p.keys_out + row * p.ng : nullptr);
+    }, level == 0 ? reinterpret_cast<uint32_t*>(const_cast<float*>(p.mass)) + row * p.ng : nullptr);
     __syncthreads();
     // A bin's weight (key positions): key_group per group, less what the last group lacks. Each thread owns its
     // bins of the CTA's totals, so no atomics.
